@@ -28,20 +28,26 @@ CREATE TABLE sqlstream.checkpoints (
     bytes         bigint NOT NULL
 );
 
--- Where each source resumes: the offset reached by the last committed checkpoint.
+-- Where each source reader resumes: the offset reached by the last committed checkpoint.
+-- As in RisingWave, a source stores nothing itself: every view or sink reading it has its own
+-- reader (`object`), so a view created later reads the source from its beginning.
 CREATE TABLE sqlstream.source_offsets (
+    object     text NOT NULL,
     source     text NOT NULL,
     partition  text NOT NULL,
     "offset"   jsonb NOT NULL,
     epoch      bigint NOT NULL,
-    PRIMARY KEY (source, partition)
+    PRIMARY KEY (object, source, partition)
 );
 
--- Each source's watermark at the last committed checkpoint.
+-- Each reader's watermark at the last committed checkpoint ('infinity' once a bounded source
+-- is exhausted, which closes every window).
 CREATE TABLE sqlstream.watermarks (
-    source     text PRIMARY KEY,
+    object     text NOT NULL,
+    source     text NOT NULL,
     watermark  timestamp NOT NULL,
-    epoch      bigint NOT NULL
+    epoch      bigint NOT NULL,
+    PRIMARY KEY (object, source)
 );
 
 -- Sink commit markers: the epochs a sink's output belongs to, recorded in the checkpoint
