@@ -1,0 +1,3 @@
+from sqlstream.cli import main
+
+main()

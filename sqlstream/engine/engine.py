@@ -1,0 +1,609 @@
+"""The engine: the graph of all objects of a catalog, run in epochs.
+
+It executes statements (DDL takes effect at once and is recorded in the catalog), rebuilds
+the graph from the catalog after a restart (recovery), and advances the graph: each epoch
+polls every reader, pushes the batches through the pipelines, lets windows close behind the
+watermarks, and every ``checkpoint_interval`` ends with a checkpoint (see
+:mod:`sqlstream.checkpoint.protocol`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+
+from sqlstream.checkpoint.protocol import CheckpointStats, commit_checkpoint, committed_sinks
+from sqlstream.checkpoint.store import CatalogStore, ObjectRow
+from sqlstream.config import Settings
+from sqlstream.connectors.base import ConnectorContext, Format, Source
+from sqlstream.connectors.registry import sink_class, source_class
+from sqlstream.engine.aggregate import AggregateOperator
+from sqlstream.engine.materialize import MaterializeOperator
+from sqlstream.engine.pipeline import Pipeline, SinkRunner
+from sqlstream.engine.reader import Reader
+from sqlstream.errors import (
+    DataException,
+    DependentObjectsStillExist,
+    DuplicateObject,
+    FeatureNotSupported,
+    InvalidParameterValue,
+    ObjectChanged,
+    SqlStreamError,
+    UndefinedTable,
+)
+from sqlstream.plan.explain import explain_plan
+from sqlstream.plan.planner import RelationInfo, plan_query
+from sqlstream.sql import statements as st
+from sqlstream.sql.binder import bind_query
+from sqlstream.sql.dialect import SqlStream
+from sqlstream.sql.parser import parse, parse_one
+from sqlstream.types import Column, Schema, from_duckdb
+
+log = logging.getLogger("sqlstream")
+
+
+@dataclass
+class Result:
+    """What a statement returns: a status tag and, for queries, columns and rows."""
+
+    status: str
+    columns: Schema | None = None
+    rows: list[tuple] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SourceDef:
+    name: str
+    schema: Schema
+    options: dict[str, str]
+    format: Format | None
+    watermark_column: str | None
+    watermark_sql: str | None
+
+    @property
+    def on_error(self) -> str:
+        return self.options.get("on_error", "dead_letter").lower()
+
+
+def normalize_sql(text: str) -> str:
+    """Definition text compared when a job file is run again: whitespace-insensitive."""
+    return " ".join(text.replace(";", " ").split())
+
+
+def _fingerprint(text: str) -> str:
+    return hashlib.sha256(normalize_sql(text).encode()).hexdigest()[:16]
+
+
+def _op_id(obj: str, role: str) -> str:
+    # Postgres identifiers hold 63 bytes; keep the readable prefix and make it unique.
+    digest = hashlib.sha1(obj.encode()).hexdigest()[:8]
+    return f"{obj[:40]}__{role}_{digest}"
+
+
+class Engine:
+    def __init__(self, settings: Settings, catalog_dsn: str) -> None:
+        self.settings = settings
+        self.store = CatalogStore(catalog_dsn)
+        self.catalog_dsn = catalog_dsn
+        self.con = duckdb.connect()
+        self.objects: dict[str, ObjectRow] = {}
+        self.sources: dict[str, SourceDef] = {}
+        self.pipelines: dict[str, Pipeline] = {}
+        self.sinks: dict[str, SinkRunner] = {}
+        self.session: dict[str, str] = {}
+        self.last_epoch: int = 0
+        self.last_checkpoint: CheckpointStats | None = None
+        self.last_checkpoint_at = time.monotonic()
+        self.rows_in = 0
+        self.rows_out = 0
+        self._rows_in_ckpt = 0
+        self._rows_out_ckpt = 0
+        self._frozen = False
+        self._recover()
+
+    # -- recovery -------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Rebuild the graph from the catalog and resume from the last checkpoint."""
+        self.last_epoch = self.store.last_epoch() or 0
+        committed = committed_sinks(self.store.conn)
+        for row in self.store.objects():
+            self._instantiate(row, restoring=True)
+            if row.name in self.sinks:
+                self.sinks[row.name].committed_once = row.name in committed
+                self._backfill_sink(row.name)
+
+    def _instantiate(self, row: ObjectRow, *, restoring: bool) -> None:
+        """Build the runtime parts of an object from its catalog row."""
+        stmt = parse_one(row.sql)
+        if isinstance(stmt, st.CreateSource):
+            self.sources[row.name] = self._source_def(stmt)
+        elif isinstance(stmt, st.CreateMaterializedView):
+            p = self._pipeline(row.name, "materialized view", stmt.query, stmt.emit_on_window_close)
+            self._start_pipeline(p, restoring)
+        elif isinstance(stmt, st.CreateSink):
+            self._create_sink_runtime(row.name, stmt, restoring)
+        self.objects[row.name] = row
+
+    def _start_pipeline(self, p: Pipeline, restoring: bool) -> None:
+        initial = None
+        if p.aggregate:
+            initial = p.aggregate.create()
+        if p.materialize:
+            p.materialize.create()
+        if restoring:
+            for t in p.state_tables:
+                t.pg_load(self.store.conn)
+            if p.aggregate:
+                initial = p.aggregate.restored()
+            offsets = self.store.offsets(p.name)
+            marks = self.store.watermarks(p.name)
+            for r in p.readers:
+                r.seek(offsets.get(r.source_name, {}), marks.get(r.source_name))
+        else:
+            for r in p.readers:
+                r.seek({}, None)
+        p.deliver(initial)
+        self.pipelines[p.name] = p
+
+    # -- statements -----------------------------------------------------------------------
+
+    def execute_script(self, text: str, *, resets: frozenset[str] = frozenset()) -> list[Result]:
+        return [self.execute(s, resets=resets) for s in parse(text)]
+
+    def execute(self, stmt: st.Statement, *, resets: frozenset[str] = frozenset()) -> Result:
+        handler: Callable[..., Result] | None = getattr(self, f"_do_{type(stmt).__name__}", None)
+        if handler is None:
+            raise FeatureNotSupported(f"{type(stmt).__name__} statements are not supported yet")
+        if isinstance(stmt, st.CreateSource | st.CreateMaterializedView | st.CreateSink):
+            return self._create(stmt, handler, resets)
+        return handler(stmt)
+
+    def _create(self, stmt, handler, resets) -> Result:  # type: ignore[no-untyped-def]
+        kind = {
+            st.CreateSource: "SOURCE",
+            st.CreateMaterializedView: "MATERIALIZED_VIEW",
+            st.CreateSink: "SINK",
+        }[type(stmt)]
+        existing = self.objects.get(stmt.name)
+        if existing is not None:
+            if stmt.if_not_exists:
+                return Result(f"CREATE_{kind}", notices=[f'"{stmt.name}" exists, skipping'])
+            if existing.fingerprint == _fingerprint(stmt.text):
+                # The same definition again (a job file run anew): resume it.
+                return Result(f"CREATE_{kind}", notices=[f'resuming "{stmt.name}"'])
+            if stmt.name in resets:
+                self._drop_object(stmt.name, cascade=False)
+            else:
+                raise ObjectChanged(
+                    f'"{stmt.name}" already exists with a different definition; drop it first, '
+                    f"or run with --reset {stmt.name} to discard its state and start it anew"
+                )
+        return handler(stmt)
+
+    def _source_def(self, stmt: st.CreateSource) -> SourceDef:
+        wm_col = wm_sql = None
+        if stmt.watermark is not None:
+            wm_col = stmt.watermark.column
+            if wm_col not in {c.name for c in stmt.columns}:
+                raise UndefinedTable(
+                    f'WATERMARK FOR column "{wm_col}" does not exist', sqlstate="42703"
+                )
+            wm_sql = stmt.watermark.expr.sql("duckdb")
+        return SourceDef(stmt.name, stmt.columns, stmt.options, stmt.format, wm_col, wm_sql)
+
+    def _connector(self, src: SourceDef, consumer: str) -> Source:
+        connector = src.options.get("connector")
+        if not connector:
+            raise InvalidParameterValue(f'source "{src.name}" has no connector option')
+        ctx = ConnectorContext(src.name, self.catalog_dsn, self.settings.data_dir)
+        return source_class(connector)(ctx, src.schema, src.options, src.format)
+
+    def _do_CreateSource(self, stmt: st.CreateSource) -> Result:
+        src = self._source_def(stmt)
+        if src.on_error not in ("dead_letter", "skip", "fail"):
+            raise InvalidParameterValue("on_error must be 'dead_letter', 'skip' or 'fail'")
+        self._connector(src, "").close()  # validates connector and options now, not later
+        row = ObjectRow(stmt.name, "source", stmt.text, stmt.options, stmt.columns, _fingerprint(stmt.text))
+        with self.store.conn.transaction(), self.store.conn.cursor() as cur:
+            self.store.insert_object(row, cur)
+        self.sources[stmt.name] = src
+        self.objects[stmt.name] = row
+        return Result("CREATE_SOURCE")
+
+    def _relation(self, name: str) -> RelationInfo:
+        if name in self.sources:
+            s = self.sources[name]
+            return RelationInfo(name, s.schema, True, s.watermark_column, s.watermark_sql)
+        if name in self.pipelines:
+            raise FeatureNotSupported(
+                f'reading the materialized view "{name}" from another view is not supported yet'
+            )
+        raise UndefinedTable(f'relation "{name}" does not exist')
+
+    def _resolve_schema(self, name: str) -> list[Column] | None:
+        if name in self.sources:
+            return self.sources[name].schema
+        obj = self.objects.get(name)
+        if obj is not None and obj.kind == "materialized view":
+            return obj.schema
+        return None
+
+    def _pipeline(
+        self, name: str, kind: str, query: exp.Query, eowc: bool
+    ) -> Pipeline:
+        bound = bind_query(query, self._resolve_schema)
+        names = [c.name for c in bound.schema]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes and kind == "materialized view":
+            raise DuplicateObject(
+                f'column "{sorted(dupes)[0]}" specified more than once; give it an alias',
+                sqlstate="42701",
+            )
+        plan = plan_query(name, bound.query, bound.schema, self._relation, emit_on_window_close=eowc)
+        readers = []
+        src = self.sources[plan.scan.source]
+        readers.append(
+            Reader(
+                name,
+                src.name,
+                self._connector(src, name),
+                src.watermark_column,
+                src.watermark_sql,
+                on_error=src.on_error,
+            )
+        )
+        if self._frozen:
+            readers[-1].source.freeze()
+        p = Pipeline(name, kind, plan, self.con, readers)
+        if plan.aggregate:
+            p.aggregate = AggregateOperator(self.con, _op_id(name, "agg"), plan)
+        if kind == "materialized view":
+            p.materialize = MaterializeOperator(self.con, _op_id(name, "mv"), name, plan.schema)
+        return p
+
+    def _register_new(self, row: ObjectRow, p: Pipeline | None) -> None:
+        with self.store.conn.transaction(), self.store.conn.cursor() as cur:
+            self.store.insert_object(row, cur)
+            for t in p.state_tables if p else []:
+                t.pg_create(cur)
+                self.store.register_state(
+                    cur,
+                    t.operator_id,
+                    row.name,
+                    "aggregate" if "__agg_" in t.operator_id else "materialize",
+                    [[n, ty] for n, ty in t.pg_columns()],
+                    p.plan.fingerprint,
+                )
+        self.objects[row.name] = row
+
+    def _do_CreateMaterializedView(self, stmt: st.CreateMaterializedView) -> Result:
+        p = self._pipeline(stmt.name, "materialized view", stmt.query, stmt.emit_on_window_close)
+        row = ObjectRow(
+            stmt.name,
+            "materialized view",
+            stmt.text,
+            {},
+            p.plan.schema,
+            _fingerprint(stmt.text),
+            [p.plan.scan.source],
+        )
+        self._register_new(row, p)
+        self._start_pipeline(p, restoring=False)
+        return Result("CREATE_MATERIALIZED_VIEW")
+
+    def _sink_query(self, stmt: st.CreateSink) -> tuple[exp.Query | None, str | None]:
+        """(own query, attached view) of a sink."""
+        if stmt.query is not None:
+            return stmt.query, None
+        name = stmt.from_name
+        assert name is not None
+        if name in self.sources:
+            return sqlglot.parse_one(f'SELECT * FROM "{name}"', read=SqlStream), None
+        if name in self.pipelines and self.pipelines[name].kind == "materialized view":
+            return None, name
+        raise UndefinedTable(f'relation "{name}" does not exist')
+
+    def _create_sink_runtime(self, name: str, stmt: st.CreateSink, restoring: bool) -> Pipeline | None:
+        query, attached = self._sink_query(stmt)
+        options = {k.lower(): v for k, v in stmt.options.items()}
+        connector = options.get("connector")
+        if not connector:
+            raise InvalidParameterValue(f'sink "{name}" has no connector option')
+        cls = sink_class(connector)
+        if attached:
+            upstream = self.pipelines[attached]
+            schema, retracting, pipeline = upstream.plan.schema, upstream.plan.retracting, None
+        else:
+            pipeline = self._pipeline(name, "sink", query, False)
+            schema, retracting = pipeline.plan.schema, pipeline.plan.retracting
+        ctx = ConnectorContext(name, self.catalog_dsn, self.settings.data_dir)
+        sink = cls(ctx, schema, options, stmt.format)
+        force = options.get("force_append_only", "false").lower() == "true"
+        if retracting and not sink.accepts_retractions and not force:
+            raise FeatureNotSupported(
+                f'sink "{name}": the query produces updates and deletes, which this sink cannot '
+                "take as configured; use type = 'upsert' with a primary_key, "
+                "force_append_only = 'true', or EMIT ON WINDOW CLOSE"
+            )
+        sink.open()
+        sink.recover(self.last_epoch or None)
+        runner = SinkRunner(name, sink, force)
+        self.sinks[name] = runner
+        if attached:
+            self.pipelines[attached].sinks.append(runner)
+        elif pipeline is not None:
+            pipeline.sinks.append(runner)
+            self._start_pipeline(pipeline, restoring)
+        return pipeline
+
+    def _backfill_sink(self, name: str) -> None:
+        """A sink on a view starts with the view's current rows, once."""
+        runner = self.sinks[name]
+        if runner.committed_once:
+            return
+        for p in self.pipelines.values():
+            if p.kind == "materialized view" and runner in p.sinks and p.materialize:
+                rows = p.materialize.rows()
+                if rows.num_rows:
+                    runner.write(rows)
+
+    def _do_CreateSink(self, stmt: st.CreateSink) -> Result:
+        pipeline = self._create_sink_runtime(stmt.name, stmt, restoring=False)
+        runner = self.sinks[stmt.name]
+        deps = [pipeline.plan.scan.source] if pipeline else [stmt.from_name or ""]
+        schema = pipeline.plan.schema if pipeline else self.pipelines[deps[0]].plan.schema
+        row = ObjectRow(stmt.name, "sink", stmt.text, stmt.options, schema, _fingerprint(stmt.text), deps)
+        try:
+            self._register_new(row, pipeline)
+        except BaseException:
+            self._forget_sink(stmt.name)
+            raise
+        self._backfill_sink(stmt.name)
+        del runner
+        return Result("CREATE_SINK")
+
+    def _forget_sink(self, name: str) -> None:
+        runner = self.sinks.pop(name, None)
+        for p in self.pipelines.values():
+            if runner in p.sinks:
+                p.sinks.remove(runner)
+        self.pipelines.pop(name, None)
+        if runner:
+            runner.sink.close()
+
+    # -- drop -----------------------------------------------------------------------------
+
+    def _dependents(self, name: str) -> list[str]:
+        return [o.name for o in self.objects.values() if name in o.depends_on]
+
+    def _drop_object(self, name: str, *, cascade: bool) -> None:
+        for dep in self._dependents(name):
+            if not cascade:
+                raise DependentObjectsStillExist(
+                    f'cannot drop "{name}" because "{dep}" depends on it (use DROP ... CASCADE)'
+                )
+            self._drop_object(dep, cascade=True)
+        with self.store.conn.transaction(), self.store.conn.cursor() as cur:
+            self.store.delete_object(cur, name)
+        self.objects.pop(name, None)
+        self.sources.pop(name, None)
+        if name in self.sinks:
+            self._forget_sink(name)
+        p = self.pipelines.pop(name, None)
+        if p:
+            for r in p.readers:
+                r.source.close()
+            if p.materialize:
+                p.materialize.drop()
+            if p.aggregate:
+                self.con.execute(f"DROP TABLE IF EXISTS {p.aggregate.state.table}")
+                self.con.execute(f"DROP TABLE IF EXISTS {p.aggregate.state.dirty}")
+
+    _KINDS = {
+        "source": "source",
+        "table": "table",
+        "materialized view": "materialized view",
+        "view": "materialized view",
+        "sink": "sink",
+    }
+
+    def _do_Drop(self, stmt: st.Drop) -> Result:
+        kind = self._KINDS[stmt.kind]
+        notices = []
+        for name in stmt.names:
+            obj = self.objects.get(name)
+            if obj is None or obj.kind != kind:
+                if stmt.if_exists:
+                    notices.append(f'{stmt.kind} "{name}" does not exist, skipping')
+                    continue
+                raise UndefinedTable(f'{stmt.kind} "{name}" does not exist')
+            self._drop_object(name, cascade=stmt.cascade)
+        return Result(f"DROP_{kind.upper().replace(' ', '_')}", notices=notices)
+
+    # -- other statements -------------------------------------------------------------------
+
+    def _do_Show(self, stmt: st.Show) -> Result:
+        what = stmt.what
+        kinds = {"sources": "source", "materialized views": "materialized view", "sinks": "sink",
+                 "tables": "table"}
+        if what in kinds:
+            names = sorted(o.name for o in self.objects.values() if o.kind == kinds[what])
+            return Result("SHOW", [Column("Name", "varchar")], [(n,) for n in names])
+        if what == "jobs":
+            rows = [
+                (p.name, p.kind, sum(r.rows_read for r in p.readers), p.rows_out)
+                for p in self.pipelines.values()
+            ]
+            cols = [Column("Name", "varchar"), Column("Kind", "varchar"),
+                    Column("Rows in", "bigint"), Column("Rows out", "bigint")]
+            return Result("SHOW", cols, rows)
+        if what == "checkpoints":
+            rows = self.store.conn.execute(
+                "SELECT epoch, committed_at::timestamp(0)::text, duration_ms, rows_in, rows_out, "
+                "state_rows, bytes FROM sqlstream.checkpoints ORDER BY epoch DESC LIMIT 20"
+            ).fetchall()
+            cols = [Column("epoch", "bigint"), Column("committed_at", "varchar"),
+                    Column("duration_ms", "double precision"), Column("rows_in", "bigint"),
+                    Column("rows_out", "bigint"), Column("state_rows", "bigint"),
+                    Column("bytes", "bigint")]
+            return Result("SHOW", cols, rows)
+        if what == "all":
+            return Result("SHOW", [Column("name", "varchar"), Column("setting", "varchar")],
+                          sorted(self.session.items()))
+        return Result("SHOW", [Column(what, "varchar")], [(self.session.get(what, ""),)])
+
+    def _do_Describe(self, stmt: st.Describe) -> Result:
+        obj = self.objects.get(stmt.name)
+        if obj is None:
+            raise UndefinedTable(f'relation "{stmt.name}" does not exist')
+        cols = [Column("Name", "varchar"), Column("Type", "varchar")]
+        return Result("DESCRIBE", cols, [(c.name, c.type) for c in obj.schema])
+
+    def _do_Explain(self, stmt: st.Explain) -> Result:
+        inner = stmt.statement
+        if isinstance(inner, st.CreateMaterializedView):
+            p = self._pipeline(inner.name, "materialized view", inner.query, inner.emit_on_window_close)
+        elif isinstance(inner, st.CreateSink) and self._sink_query(inner)[0] is not None:
+            p = self._pipeline(inner.name, "sink", self._sink_query(inner)[0], False)
+        elif isinstance(inner, st.Query):
+            p = self._pipeline("query", "materialized view", inner.query, False)
+        else:
+            raise FeatureNotSupported("EXPLAIN takes a query, CREATE MATERIALIZED VIEW or CREATE SINK")
+        for r in p.readers:
+            r.source.close()
+        text = explain_plan(p.plan, "Materialize" if p.kind == "materialized view" else "Sink")
+        return Result("EXPLAIN", [Column("QUERY PLAN", "varchar")], [(line,) for line in text.splitlines()])
+
+    def _do_Flush(self, stmt: st.Flush) -> Result:
+        self.run_epoch()
+        self.checkpoint()
+        return Result("FLUSH")
+
+    def _do_SetVariable(self, stmt: st.SetVariable) -> Result:
+        self.session[stmt.name.lower()] = stmt.value
+        known = {"checkpoint_interval"}
+        if stmt.name.lower() == "checkpoint_interval":
+            from sqlstream.config import parse_duration
+
+            self.settings.checkpoint_interval = parse_duration(stmt.value)
+        notices = [] if stmt.name.lower() in known else [f'setting "{stmt.name}" is accepted but has no effect']
+        return Result("SET", notices=notices)
+
+    def _do_Transaction(self, stmt: st.Transaction) -> Result:
+        return Result(stmt.action.upper())
+
+    def _do_Query(self, stmt: st.Query) -> Result:
+        bound = bind_query(stmt.query, self._queryable)
+        rel = self.con.sql(bound.query.sql("duckdb"))
+        types = [from_duckdb(str(t)) for t in rel.types]
+        cols = [Column(n, t) for n, t in zip(rel.columns, types, strict=True)]
+        return Result(f"SELECT {{n}}", cols, rel.fetchall())
+
+    def _queryable(self, name: str) -> list[Column] | None:
+        if name in self.sources:
+            raise FeatureNotSupported(
+                f'cannot query source "{name}" directly: it stores nothing; create a '
+                "materialized view over it"
+            )
+        return self._resolve_schema(name)
+
+    def query(self, sql_text: str) -> pa.Table:
+        """Run an ad-hoc SELECT over views (for tests and tools)."""
+        stmt = parse_one(sql_text)
+        if not isinstance(stmt, st.Query):
+            raise FeatureNotSupported("query() takes a SELECT")
+        bound = bind_query(stmt.query, self._queryable)
+        return self.con.sql(bound.query.sql("duckdb")).to_arrow_table()
+
+    # -- running --------------------------------------------------------------------------
+
+    def freeze(self) -> None:
+        """End every source's input at what is available now (``run --once``)."""
+        self._frozen = True
+        for p in self.pipelines.values():
+            for r in p.readers:
+                r.source.freeze()
+
+    def readers(self) -> list[Reader]:
+        return [r for p in self.pipelines.values() for r in p.readers]
+
+    def run_epoch(self) -> int:
+        """Poll every reader once and push what arrives; returns the rows read."""
+        total = 0
+        for p in list(self.pipelines.values()):
+            for r in p.readers:
+                data = r.poll(self.con, self.settings.batch_rows)
+                self._check_bad_records(r)
+                if data is not None:
+                    total += data.num_rows
+                    p.process(data)
+            p.advance()
+        self.rows_in += total
+        return total
+
+    def _check_bad_records(self, r: Reader) -> None:
+        if not r.dead_letters:
+            return
+        if r.on_error == "fail":
+            d = r.dead_letters[0]
+            raise DataException(
+                f'source "{r.source_name}": bad record at {d.offset}: {d.reason}'
+            )
+        if r.on_error == "skip":
+            r.skipped += len(r.dead_letters)
+            r.dead_letters.clear()
+
+    def finished(self) -> bool:
+        """True when every reader has read all it ever will (bounded or frozen sources)."""
+        readers = self.readers()
+        return bool(readers) and all(r.source.finished() for r in readers)
+
+    def checkpoint_due(self) -> bool:
+        return time.monotonic() - self.last_checkpoint_at >= self.settings.checkpoint_interval
+
+    def checkpoint(self) -> CheckpointStats:
+        epoch = self.last_epoch + 1
+        rows_out = sum(p.rows_out for p in self.pipelines.values())
+        stats = commit_checkpoint(
+            self.store,
+            epoch,
+            state_tables=[t for p in self.pipelines.values() for t in p.state_tables],
+            readers=self.readers(),
+            sinks=list(self.sinks.values()),
+            rows_in=self.rows_in - self._rows_in_ckpt,
+            rows_out=rows_out - self._rows_out_ckpt,
+        )
+        self._rows_in_ckpt = self.rows_in
+        self._rows_out_ckpt = rows_out
+        self.last_epoch = epoch
+        self.last_checkpoint = stats
+        self.last_checkpoint_at = time.monotonic()
+        return stats
+
+    def close(self) -> None:
+        for p in self.pipelines.values():
+            for r in p.readers:
+                r.source.close()
+        for s in self.sinks.values():
+            s.sink.close()
+        self.store.close()
+        self.con.close()
+
+
+def describe_error(e: SqlStreamError) -> str:
+    return f"ERROR:  {e} (SQLSTATE {e.sqlstate})"
+
+
+def default_data_dir(settings: Settings) -> Path:
+    return settings.data_dir
