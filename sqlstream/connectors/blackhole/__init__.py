@@ -1,0 +1,1 @@
+"""Blackhole connector: a sink that discards its rows (``connector = 'blackhole'``)."""

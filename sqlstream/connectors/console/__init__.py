@@ -1,0 +1,1 @@
+"""Console connector: prints a sink's changes to stdout (``connector = 'console'``)."""

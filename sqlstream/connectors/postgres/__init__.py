@@ -1,0 +1,1 @@
+"""Postgres connector: the exactly-once Postgres sink (``connector = 'postgres'``)."""

@@ -1,0 +1,187 @@
+"""The engine end to end, in-process, against a real catalog database."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from sqlstream.config import Settings
+from sqlstream.engine.engine import Engine
+from sqlstream.engine.loop import JobOptions, run_engine
+from sqlstream.errors import SqlStreamError
+
+GEN = """CREATE SOURCE gen (k BIGINT, v BIGINT, ts TIMESTAMP,
+    WATERMARK FOR ts AS ts - INTERVAL '1 second')
+WITH (connector = 'datagen', datagen.rows.per.second = '0', datagen.rows.total = '5000',
+      fields.k.min = '1', fields.k.max = '5', fields.v.kind = 'sequence')"""
+
+
+@pytest.fixture
+def engine(catalog_dsn, tmp_data_dir):
+    e = Engine(Settings(data_dir=tmp_data_dir, checkpoint_interval=0.0), catalog_dsn)
+    yield e
+    e.close()
+
+
+def _sqlstate(fn) -> str:
+    with pytest.raises(SqlStreamError) as info:
+        fn()
+    return info.value.sqlstate
+
+
+def test_view_over_datagen_and_catalog_rows(engine, catalog_dsn):
+    engine.execute_script(
+        GEN + "; CREATE MATERIALIZED VIEW totals AS SELECT k, count(*) AS n, sum(v) AS s "
+        "FROM gen GROUP BY k;"
+    )
+    run_engine(engine, JobOptions(once=True))
+    rows = sorted(tuple(r.values()) for r in engine.query("SELECT k, n, s FROM totals").to_pylist())
+    # v is the sequence 0..4999; every row lands in one of 5 keys.
+    assert sum(r[1] for r in rows) == 5000
+    assert sum(r[2] for r in rows) == sum(range(5000))
+    assert {r[0] for r in rows} == {1, 2, 3, 4, 5}
+    with psycopg.connect(catalog_dsn) as conn:
+        kinds = dict(conn.execute("SELECT name, kind FROM sqlstream.objects").fetchall())
+        assert kinds == {"gen": "source", "totals": "materialized view"}
+        (epochs,) = conn.execute("SELECT count(*) FROM sqlstream.checkpoints").fetchone()
+        assert epochs >= 1
+        (offset,) = conn.execute(
+            "SELECT \"offset\" FROM sqlstream.source_offsets WHERE object = 'totals'"
+        ).fetchone()
+        assert offset == 5000
+        # The state tables are plain Postgres tables with the keys and accumulators.
+        states = conn.execute("SELECT state_table, kind FROM sqlstream.operator_state").fetchall()
+        agg_table = next(t for t, k in states if k == "aggregate")
+        got = conn.execute(f'SELECT k, "_rows" FROM {agg_table.replace(".", ".\"", 1)}"').fetchall()
+        assert sorted(got) == sorted((r[0], r[1]) for r in rows)
+
+
+def test_global_aggregate_has_a_row_before_any_input(engine):
+    engine.execute_script(GEN + "; CREATE MATERIALIZED VIEW c AS SELECT count(*) AS n, sum(v) AS s FROM gen;")
+    assert engine.query("SELECT * FROM c").to_pylist() == [{"n": 0, "s": None}]
+
+
+def test_explain_shows_maintenance_decisions(engine):
+    engine.execute_script(GEN + ";")
+    (res,) = engine.execute_script(
+        "EXPLAIN CREATE MATERIALIZED VIEW w AS SELECT window_start, count(*) AS n "
+        "FROM TUMBLE(gen, ts, INTERVAL '10 seconds') WHERE v > 3 GROUP BY window_start "
+        "EMIT ON WINDOW CLOSE"
+    )
+    text = "\n".join(r[0] for r in res.rows)
+    assert "Materialize w [append-only]" in text
+    assert "emit=on window close" in text
+    assert "dropped when the watermark passes the window end" in text
+    assert "WindowAssign TUMBLE(ts" in text
+    assert "Scan gen [append-only, watermark" in text
+    (res,) = engine.execute_script(
+        "EXPLAIN CREATE MATERIALIZED VIEW u AS SELECT k, count(*) AS n FROM gen GROUP BY k"
+    )
+    assert res.rows[0][0] == "Materialize u [retracting]"
+
+
+def test_unsupported_queries_are_refused_at_create(engine):
+    engine.execute_script(GEN + ";")
+    for sql in [
+        "CREATE MATERIALIZED VIEW x AS SELECT a.k FROM gen a JOIN gen b ON a.k = b.k",
+        "CREATE MATERIALIZED VIEW x AS SELECT k, random() AS r FROM gen",
+        "CREATE MATERIALIZED VIEW x AS SELECT count(DISTINCT k) AS n FROM gen",
+        "CREATE MATERIALIZED VIEW x AS SELECT k FROM gen ORDER BY k LIMIT 3",
+        "CREATE MATERIALIZED VIEW x AS SELECT k, count(*) AS n FROM gen GROUP BY k "
+        "EMIT ON WINDOW CLOSE",
+    ]:
+        assert _sqlstate(lambda s=sql: engine.execute_script(s)) == "0A000", sql
+    assert "x" not in engine.objects
+
+
+def test_errors_carry_sqlstates(engine):
+    engine.execute_script(GEN + ";")
+    assert _sqlstate(lambda: engine.execute_script("CREATE MATERIALIZED VIEW x AS SELECT * FROM nope")) == "42P01"
+    assert _sqlstate(lambda: engine.execute_script("CREATE MATERIALIZED VIEW x AS SELECT nope FROM gen")) == "42703"
+    assert _sqlstate(lambda: engine.execute_script("CREATE MATERIALIZED VIEW x AS SELEC 1")) == "42601"
+    assert _sqlstate(lambda: engine.execute_script(
+        "CREATE SOURCE bad (a INT) WITH (connector = 'datagen', no.such.option = '1')")) == "22023"
+    assert _sqlstate(lambda: engine.execute_script(
+        "CREATE SOURCE bad (a INT) WITH (connector = 'kafkaa')")) == "22023"
+
+
+def test_rerun_resumes_and_changed_definition_is_refused(catalog_dsn, tmp_data_dir):
+    settings = Settings(data_dir=tmp_data_dir, checkpoint_interval=0.0)
+    job = GEN + "; CREATE MATERIALIZED VIEW m AS SELECT k, count(*) AS n FROM gen GROUP BY k;"
+    e = Engine(settings, catalog_dsn)
+    e.execute_script(job)
+    run_engine(e, JobOptions(once=True))
+    e.close()
+
+    e = Engine(settings, catalog_dsn)
+    try:
+        results = e.execute_script(job.replace("GROUP BY k", "GROUP  BY\n k"))  # whitespace only
+        assert any("resuming" in n for r in results for n in r.notices)
+        run_engine(e, JobOptions(once=True))
+        assert sum(r["n"] for r in e.query("SELECT n FROM m").to_pylist()) == 5000
+        changed = job.replace("count(*) AS n", "count(*) AS cnt")
+        with pytest.raises(SqlStreamError) as info:
+            e.execute_script(changed)
+        assert '"m"' in str(info.value) and "--reset" in str(info.value)
+        e.execute_script(changed, resets=frozenset({"m"}))
+        run_engine(e, JobOptions(once=True))
+        assert e.query("SELECT sum(cnt) AS t FROM m").to_pylist() == [{"t": 5000}]
+    finally:
+        e.close()
+
+
+def test_drop_refuses_dependents_unless_cascade(engine, catalog_dsn):
+    engine.execute_script(GEN + "; CREATE MATERIALIZED VIEW m AS SELECT k FROM gen;")
+    assert _sqlstate(lambda: engine.execute_script("DROP SOURCE gen")) == "2BP01"
+    engine.execute_script("DROP SOURCE gen CASCADE; DROP SOURCE IF EXISTS gen;")
+    assert engine.objects == {}
+    with psycopg.connect(catalog_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlstream.objects").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM sqlstream.operator_state").fetchone() == (0,)
+
+
+def test_show_and_describe(engine):
+    engine.execute_script(GEN + "; CREATE MATERIALIZED VIEW m AS SELECT k, v * 2 AS w FROM gen;")
+    (show,) = engine.execute_script("SHOW MATERIALIZED VIEWS")
+    assert show.rows == [("m",)]
+    (desc,) = engine.execute_script("DESCRIBE m")
+    assert desc.rows == [("k", "bigint"), ("w", "bigint")]
+    (flush,) = engine.execute_script("FLUSH")
+    assert flush.status == "FLUSH"
+    (ckpts,) = engine.execute_script("SHOW CHECKPOINTS")
+    assert len(ckpts.rows) >= 1
+
+
+def test_retracting_query_into_append_only_sink_is_refused(engine, tmp_data_dir):
+    engine.execute_script(GEN + "; CREATE MATERIALIZED VIEW m AS SELECT k, count(*) AS n FROM gen GROUP BY k;")
+    state = _sqlstate(lambda: engine.execute_script(
+        f"CREATE SINK s FROM m WITH (connector = 'file', path = '{tmp_data_dir}/o') "
+        "FORMAT PLAIN ENCODE PARQUET"))
+    assert state == "0A000"
+    assert "s" not in engine.objects
+
+
+def test_bad_records_go_to_dead_letters(engine, catalog_dsn, tmp_data_dir):
+    d = tmp_data_dir / "in"
+    d.mkdir()
+    lines = [json.dumps({"id": i, "name": f"n{i}"}) for i in range(5)]
+    lines.insert(2, '{"id": "oops", "name": "bad"}')
+    (d / "a.jsonl").write_text("\n".join(lines) + "\n")
+    engine.execute_script(
+        f"CREATE SOURCE f (id BIGINT, name VARCHAR) WITH (connector = 'file', path = '{d}') "
+        "FORMAT PLAIN ENCODE JSON; CREATE MATERIALIZED VIEW m AS SELECT id, name FROM f;"
+    )
+    run_engine(engine, JobOptions(once=True))
+    assert sorted(r["id"] for r in engine.query("SELECT id FROM m").to_pylist()) == [0, 1, 2, 3, 4]
+    with psycopg.connect(catalog_dsn) as conn:
+        rows = conn.execute("SELECT source, raw, reason FROM sqlstream.dead_letters").fetchall()
+    assert len(rows) == 1
+    assert rows[0][0] == "f" and b"oops" in bytes(rows[0][1]) and rows[0][2]
+
+
+def test_second_engine_on_same_catalog_is_refused(engine, catalog_dsn, tmp_data_dir):
+    with pytest.raises(SqlStreamError) as info:
+        Engine(Settings(data_dir=tmp_data_dir), catalog_dsn)
+    assert "another sqlstream engine" in str(info.value)
