@@ -65,6 +65,7 @@ _CANONICAL: dict[exp.DataType.Type, str] = {
     exp.DataType.Type.TIMESTAMP_S: "timestamp",
     exp.DataType.Type.TIMESTAMP_MS: "timestamp",
     exp.DataType.Type.TIMESTAMP_NS: "timestamp",
+    exp.DataType.Type.TIMESTAMPNTZ: "timestamp",
 }
 
 _DUCKDB = {

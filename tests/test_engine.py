@@ -54,7 +54,8 @@ def test_view_over_datagen_and_catalog_rows(engine, catalog_dsn):
         # The state tables are plain Postgres tables with the keys and accumulators.
         states = conn.execute("SELECT state_table, kind FROM sqlstream.operator_state").fetchall()
         agg_table = next(t for t, k in states if k == "aggregate")
-        got = conn.execute(f'SELECT k, "_rows" FROM {agg_table.replace(".", ".\"", 1)}"').fetchall()
+        schema, table = agg_table.split(".")
+        got = conn.execute(f'SELECT k, "_rows" FROM {schema}."{table}"').fetchall()
         assert sorted(got) == sorted((r[0], r[1]) for r in rows)
 
 

@@ -34,14 +34,6 @@ def us_to_timestamp(us: int) -> datetime | str:
     return _EPOCH + timedelta(microseconds=us)
 
 
-def timestamp_to_us(ts: datetime) -> int:
-    from sqlstream.engine.reader import WATERMARK_END
-
-    if ts == datetime.max:
-        return WATERMARK_END
-    return (ts - _EPOCH) // timedelta(microseconds=1)
-
-
 @dataclass
 class ObjectRow:
     name: str
@@ -136,10 +128,16 @@ class CatalogStore:
         return out
 
     def watermarks(self, obj: str) -> dict[str, int]:
+        from sqlstream.engine.reader import WATERMARK_END
+
+        # Read as microseconds: 'infinity' (a finished source) has no Python datetime.
         return {
-            source: timestamp_to_us(wm)
-            for source, wm in self.conn.execute(
-                "SELECT source, watermark FROM sqlstream.watermarks WHERE object = %s", [obj]
+            source: WATERMARK_END if us is None else int(us)
+            for source, us in self.conn.execute(
+                "SELECT source, CASE WHEN isfinite(watermark) THEN "
+                "(extract(epoch FROM watermark) * 1000000)::bigint END "
+                "FROM sqlstream.watermarks WHERE object = %s",
+                [obj],
             )
         }
 

@@ -79,9 +79,9 @@ class AggregateOperator:
         if end is None:
             return None
         closed = f"epoch_us({end}) <= {watermark_us}"
-        count = self.con.execute(
+        count = self.con.sql(
             f"SELECT count(*) FROM {self.state.table} s WHERE {closed}"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if not count:
             return None
         out = None

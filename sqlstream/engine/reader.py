@@ -63,7 +63,9 @@ class Reader:
                 ).to_arrow_table()
                 self.late_rows += data.num_rows - kept.num_rows
                 data = kept
-            high = con.execute(f"SELECT max(epoch_us({self.watermark_sql})) FROM __batch").fetchone()[0]
+            high = con.sql(
+                f"SELECT max(epoch_us({self.watermark_sql})) FROM __batch"
+            ).fetchall()[0][0]
         finally:
             con.unregister("__batch")
         if high is not None and (self.watermark_us is None or high > self.watermark_us):

@@ -61,7 +61,7 @@ def _refuse(what: str) -> FeatureNotSupported:
 
 
 def _interval_us(interval_sql: str) -> int:
-    us = duckdb.sql(f"SELECT epoch_us(TIMESTAMP '1970-01-01' + {interval_sql})").fetchone()[0]
+    us = duckdb.sql(f"SELECT epoch_us(TIMESTAMP '1970-01-01' + {interval_sql})").fetchall()[0][0]
     if us <= 0:
         raise FeatureNotSupported("a window size must be a positive interval")
     return int(us)
@@ -156,7 +156,7 @@ def _accumulators(
     nonnull = summed(nn, f"CASE WHEN {arg} IS NOT NULL THEN 1 ELSE 0 END", "BIGINT")
     if isinstance(call, exp.Sum | exp.Avg):
         s = f"_sum{i}"
-        sum_type = duckdb.sql(f"SELECT typeof(sum(NULL::{arg_type}))").fetchone()[0]
+        sum_type = duckdb.sql(f"SELECT typeof(sum(NULL::{arg_type}))").fetchall()[0][0]
         acc = Accumulator(
             s,
             sum_type,
@@ -285,18 +285,23 @@ def plan_query(
             return exp.column(kname, quoted=True)
         return node
 
-    post_cols = []
-    for e, n in zip(select.expressions, outputs, strict=True):
-        post_cols.append(f"{e.unalias().transform(over_state).sql(D)} AS {_q(n)}")
-        for col in e.unalias().transform(over_state).find_all(exp.Column):
+    def rewrite(e: exp.Expression) -> str:
+        # In place (copy=False): the aggregate calls are recognised by identity.
+        out = e.transform(over_state, copy=False)
+        for col in out.find_all(exp.Column):
             if col.table:
                 raise FeatureNotSupported(
                     f'column "{col.name}" must appear in the GROUP BY clause or be used in an '
                     "aggregate function"
                 )
+        return out.sql(D)
+
+    post_cols = [
+        f"{rewrite(e.unalias())} AS {_q(n)}" for e, n in zip(select.expressions, outputs, strict=True)
+    ]
     post_sql = f"SELECT {', '.join(post_cols)} FROM __st AS s"
     if having:
-        post_sql += f" WHERE {having.this.transform(over_state).sql(D)}"
+        post_sql += f" WHERE {rewrite(having.this)}"
 
     key_types = _key_types(pre_sql, [k for k, _ in keys], info, window)
     window_end_sql = None

@@ -89,7 +89,7 @@ class StateTable:
         return ", ".join(prefix + qi(k) for k in self.key_names)
 
     def row_count(self) -> int:
-        return self.con.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
+        return self.con.sql(f"SELECT count(*) FROM {self.table}").fetchall()[0][0]
 
     def _vnode(self, alias: str) -> str:
         if not self.keys:
