@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -37,7 +36,6 @@ from sqlstream.errors import (
     FeatureNotSupported,
     InvalidParameterValue,
     ObjectChanged,
-    SqlStreamError,
     UndefinedTable,
 )
 from sqlstream.plan.explain import explain_plan
@@ -360,7 +358,6 @@ class Engine:
 
     def _do_CreateSink(self, stmt: st.CreateSink) -> Result:
         pipeline = self._create_sink_runtime(stmt.name, stmt, restoring=False)
-        runner = self.sinks[stmt.name]
         deps = [pipeline.plan.scan.source] if pipeline else [stmt.from_name or ""]
         schema = pipeline.plan.schema if pipeline else self.pipelines[deps[0]].plan.schema
         row = ObjectRow(stmt.name, "sink", stmt.text, stmt.options, schema, _fingerprint(stmt.text), deps)
@@ -370,7 +367,6 @@ class Engine:
             self._forget_sink(stmt.name)
             raise
         self._backfill_sink(stmt.name)
-        del runner
         return Result("CREATE_SINK")
 
     def _forget_sink(self, name: str) -> None:
@@ -508,7 +504,8 @@ class Engine:
         rel = self.con.sql(bound.query.sql("duckdb"))
         types = [from_duckdb(str(t)) for t in rel.types]
         cols = [Column(n, t) for n, t in zip(rel.columns, types, strict=True)]
-        return Result(f"SELECT {{n}}", cols, rel.fetchall())
+        rows = rel.fetchall()
+        return Result(f"SELECT {len(rows)}", cols, rows)
 
     def _queryable(self, name: str) -> list[Column] | None:
         if name in self.sources:
@@ -600,10 +597,3 @@ class Engine:
         self.store.close()
         self.con.close()
 
-
-def describe_error(e: SqlStreamError) -> str:
-    return f"ERROR:  {e} (SQLSTATE {e.sqlstate})"
-
-
-def default_data_dir(settings: Settings) -> Path:
-    return settings.data_dir

@@ -141,19 +141,19 @@ def _accumulators(
     """State columns of one aggregate call and the SQL computing its value from them."""
     w = "__weight" if weighted else None
 
-    def summed(name: str, expr: str, typ: str) -> Accumulator:
-        partial = f"sum({expr} * {w})" if w else ("count(*)" if expr == "1" else f"sum({expr})")
-        if not w and expr != "1" and expr.startswith("CASE"):
-            partial = f"count({arg})"
-        return Accumulator(name, typ, partial, f"coalesce(o.{_q(name)}, 0) + coalesce(p.{_q(name)}, 0)")
+    def counter(name: str) -> Accumulator:
+        partial = f"sum(CASE WHEN {arg} IS NOT NULL THEN {w} ELSE 0 END)" if w else f"count({arg})"
+        return Accumulator(
+            name, "BIGINT", partial, f"coalesce(o.{_q(name)}, 0) + coalesce(p.{_q(name)}, 0)"
+        )
 
     if isinstance(call, exp.Count) and arg is None:
         return [], '"_rows"'
     if isinstance(call, exp.Count):
         n = f"_count{i}"
-        return [summed(n, f"CASE WHEN {arg} IS NOT NULL THEN 1 ELSE 0 END", "BIGINT")], _q(n)
+        return [counter(n)], _q(n)
     nn = f"_nonnull{i}"
-    nonnull = summed(nn, f"CASE WHEN {arg} IS NOT NULL THEN 1 ELSE 0 END", "BIGINT")
+    nonnull = counter(nn)
     if isinstance(call, exp.Sum | exp.Avg):
         s = f"_sum{i}"
         sum_type = duckdb.sql(f"SELECT typeof(sum(NULL::{arg_type}))").fetchall()[0][0]
