@@ -186,3 +186,26 @@ def test_second_engine_on_same_catalog_is_refused(engine, catalog_dsn, tmp_data_
     with pytest.raises(SqlStreamError) as info:
         Engine(Settings(data_dir=tmp_data_dir), catalog_dsn)
     assert "another sqlstream engine" in str(info.value)
+
+
+def test_state_from_another_plan_is_refused_unless_reset(catalog_dsn, tmp_data_dir):
+    settings = Settings(data_dir=tmp_data_dir, checkpoint_interval=0.0)
+    job = GEN + "; CREATE MATERIALIZED VIEW m AS SELECT k, count(*) AS n FROM gen GROUP BY k;"
+    e = Engine(settings, catalog_dsn)
+    e.execute_script(job)
+    run_engine(e, JobOptions(once=True))
+    e.close()
+    # As if an older sqlstream had planned it differently.
+    with psycopg.connect(catalog_dsn) as conn:
+        conn.execute("UPDATE sqlstream.operator_state SET fingerprint = 'older'")
+    with pytest.raises(SqlStreamError) as info:
+        Engine(settings, catalog_dsn)
+    assert "--reset m" in str(info.value)
+    e = Engine(settings, catalog_dsn, resets=frozenset({"m"}))
+    try:
+        e.execute_script(job)
+        run_engine(e, JobOptions(once=True))
+        # Recomputed from the source's beginning, not added to the old counts.
+        assert e.query("SELECT sum(n) AS t FROM m").to_pylist() == [{"t": 5000}]
+    finally:
+        e.close()

@@ -101,6 +101,28 @@ class CatalogStore:
             [operator, obj, kind, f"sqlstream_state.{operator}", Jsonb(columns), fp],
         )
 
+    def state_fingerprints(self, obj: str) -> dict[str, str]:
+        """Plan fingerprint each state table of ``obj`` was written under."""
+        return dict(
+            self.conn.execute(
+                "SELECT operator, fingerprint FROM sqlstream.operator_state WHERE object = %s",
+                [obj],
+            ).fetchall()
+        )
+
+    def reset_state(self, cur: psycopg.Cursor, obj: str, fingerprint: str) -> None:
+        """Empty an object's state, offsets and watermarks: it starts from its sources anew."""
+        for (op,) in cur.execute(
+            "SELECT operator FROM sqlstream.operator_state WHERE object = %s", [obj]
+        ).fetchall():
+            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier("sqlstream_state", op)))
+        cur.execute(
+            "UPDATE sqlstream.operator_state SET fingerprint = %s WHERE object = %s",
+            [fingerprint, obj],
+        )
+        cur.execute("DELETE FROM sqlstream.source_offsets WHERE object = %s", [obj])
+        cur.execute("DELETE FROM sqlstream.watermarks WHERE object = %s", [obj])
+
     def delete_object(self, cur: psycopg.Cursor, name: str) -> None:
         """Remove an object with its state tables, offsets and watermarks."""
         tables = cur.execute(

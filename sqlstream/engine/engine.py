@@ -89,8 +89,12 @@ def _op_id(obj: str, role: str) -> str:
 
 
 class Engine:
-    def __init__(self, settings: Settings, catalog_dsn: str) -> None:
+    def __init__(
+        self, settings: Settings, catalog_dsn: str, *, resets: frozenset[str] = frozenset()
+    ) -> None:
         self.settings = settings
+        #: objects whose stored state may be discarded when their plan no longer matches it
+        self.resets = resets
         self.store = CatalogStore(catalog_dsn)
         self.catalog_dsn = catalog_dsn
         self.con = duckdb.connect()
@@ -107,7 +111,11 @@ class Engine:
         self._rows_in_ckpt = 0
         self._rows_out_ckpt = 0
         self._frozen = False
-        self._recover()
+        try:
+            self._recover()
+        except BaseException:
+            self.close()  # releases the catalog lock for whoever tries next
+            raise
 
     # -- recovery -------------------------------------------------------------------------
 
@@ -139,6 +147,16 @@ class Engine:
             initial = p.aggregate.create()
         if p.materialize:
             p.materialize.create()
+        if restoring and not self._state_matches(p):
+            if p.name not in self.resets:
+                raise ObjectChanged(
+                    f'the stored state of "{p.name}" was made by a different plan (this version '
+                    f"of sqlstream plans it differently); run with --reset {p.name} to discard "
+                    "its state and compute it anew from its sources"
+                )
+            with self.store.conn.transaction(), self.store.conn.cursor() as cur:
+                self.store.reset_state(cur, p.name, p.plan.fingerprint)
+            restoring = False
         if restoring:
             for t in p.state_tables:
                 t.pg_load(self.store.conn)
@@ -153,6 +171,10 @@ class Engine:
                 r.seek({}, None)
         p.deliver(initial)
         self.pipelines[p.name] = p
+
+    def _state_matches(self, p: Pipeline) -> bool:
+        stored = self.store.state_fingerprints(p.name)
+        return all(stored.get(t.operator_id) == p.plan.fingerprint for t in p.state_tables)
 
     # -- statements -----------------------------------------------------------------------
 

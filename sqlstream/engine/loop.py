@@ -83,7 +83,7 @@ def run_job(settings: Settings, catalog_dsn: str, job_sql: str, opts: JobOptions
     backoff = 0.5
     while True:
         try:
-            engine = Engine(settings, catalog_dsn)
+            engine = Engine(settings, catalog_dsn, resets=opts.resets)
         except CatalogError as e:
             if "another sqlstream" in str(e) or outage_since is None:
                 raise
