@@ -85,6 +85,21 @@ class SqlStreamParser(RisingWaveParser):
         "EXPLAIN": lambda self: self._parse_explain(),
         "START": lambda self: self._parse_start_transaction(),
         "ABORT": lambda self: self._parse_abort(),
+        **{
+            word: lambda self: self._parse_unsupported()
+            for word in (
+                "DISCARD",
+                "LISTEN",
+                "NOTIFY",
+                "UNLISTEN",
+                "SAVEPOINT",
+                "RELEASE",
+                "DEALLOCATE",
+                "CHECKPOINT",
+                "REINDEX",
+                "CLUSTER",
+            )
+        },
     }
 
     # Token types that may begin a statement; anything else is a syntax error right there.
@@ -154,6 +169,13 @@ class SqlStreamParser(RisingWaveParser):
             self.raise_error("Invalid statement")
         return super()._parse_statement()
 
+    def _parse_unsupported(self) -> exp.Command:
+        """A Postgres statement sqlstream recognises but does not run (0A000 upstream)."""
+        word = self._prev.text.upper()
+        while self._curr:
+            self._advance()
+        return exp.Command(this=word)
+
     def _parse_explain(self) -> Explain:
         statement = self._parse_statement()
         if statement is None:
@@ -209,17 +231,32 @@ class SqlStreamParser(RisingWaveParser):
 
     def _parse_set_statement(self) -> exp.Set:
         kind = self._prev.text.upper() if self._match_texts(("SESSION", "LOCAL")) else None
-        words = self._parse_words(MULTIWORD_SETTINGS)
-        if words:
-            name = MULTIWORD_SETTINGS[words]
+        if self._match_text_seq("CHARACTERISTICS", "AS", "TRANSACTION", "ISOLATION", "LEVEL"):
+            name, value = "default_transaction_isolation", self._parse_rest_as_words()
+        elif self._match_text_seq("TRANSACTION", "ISOLATION", "LEVEL"):
+            name, value = "transaction_isolation", self._parse_rest_as_words()
         else:
-            name = self._parse_setting_name()
-            if not (self._match(TokenType.EQ) or self._match_text_seq("TO")):
-                self.raise_error("Expecting = or TO")
-        values = self._parse_csv(self._parse_setting_value)
-        value = values[0] if len(values) == 1 else exp.Tuple(expressions=values)
+            words = self._parse_words(MULTIWORD_SETTINGS)
+            if words:
+                name = MULTIWORD_SETTINGS[words]
+            else:
+                name = self._parse_setting_name()
+                if not (self._match(TokenType.EQ) or self._match_text_seq("TO")):
+                    self.raise_error("Expecting = or TO")
+            values = self._parse_csv(self._parse_setting_value)
+            value = values[0] if len(values) == 1 else exp.Tuple(expressions=values)
         item = exp.SetItem(this=exp.EQ(this=exp.var(name), expression=value), kind=kind)
         return self.expression(exp.Set(expressions=[item]))
+
+    def _parse_rest_as_words(self) -> exp.Literal:
+        """The remaining words, lower-cased (``READ COMMITTED``)."""
+        words = []
+        while self._curr:
+            words.append(self._curr.text.lower())
+            self._advance()
+        if not words:
+            self.raise_error("Expecting a value")
+        return exp.Literal.string(" ".join(words))
 
     # -- CREATE / DROP ----------------------------------------------------------------------
 
