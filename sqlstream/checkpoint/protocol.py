@@ -22,6 +22,7 @@ from sqlstream.checkpoint.faults import crash_point
 from sqlstream.checkpoint.store import CatalogStore
 from sqlstream.engine.pipeline import SinkRunner
 from sqlstream.engine.reader import Reader
+from sqlstream.state.append_log import AppendLog
 from sqlstream.state.table import StateTable
 
 
@@ -39,7 +40,7 @@ def commit_checkpoint(
     store: CatalogStore,
     epoch: int,
     *,
-    state_tables: list[StateTable],
+    state_tables: list[StateTable | AppendLog],
     readers: list[Reader],
     sinks: list[SinkRunner],
     rows_in: int,

@@ -289,7 +289,9 @@ class Engine:
         if plan.aggregate:
             p.aggregate = AggregateOperator(self.con, _op_id(name, "agg"), plan)
         if kind == "materialized view":
-            p.materialize = MaterializeOperator(self.con, _op_id(name, "mv"), name, plan.schema)
+            p.materialize = MaterializeOperator(
+                self.con, _op_id(name, "mv"), name, plan.schema, retracting=plan.retracting
+            )
         return p
 
     def _register_new(self, row: ObjectRow, p: Pipeline | None) -> None:

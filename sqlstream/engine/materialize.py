@@ -1,8 +1,10 @@
-"""A materialized view's contents: a DuckDB table of distinct rows with their multiplicity.
+"""A materialized view's contents, as a DuckDB table that ``SELECT`` reads.
 
-Changes are consolidated per row (summing weights) and merged, so the table is always the
-Z-set the view's changelog adds up to; ``SELECT`` reads it through a view that repeats each
-row ``__count`` times. The table is checkpointed like any operator state.
+Over an append-only changelog the rows are simply appended (an :class:`AppendLog`). Over a
+retracting one the table holds distinct rows with their multiplicity: changes are
+consolidated per row (summing weights) and merged, so the table is always the Z-set the
+view's changelog adds up to, and the view repeats each row ``__count`` times. Either way the
+table is checkpointed like any operator state.
 """
 
 from __future__ import annotations
@@ -11,38 +13,45 @@ import duckdb
 import pyarrow as pa
 
 from sqlstream.engine.changes import is_weighted
+from sqlstream.state.append_log import AppendLog
 from sqlstream.state.table import StateTable, merge_partial, qi
 from sqlstream.types import Schema, duckdb_type
 
 
-def contents_table(name: str) -> str:
-    return qi(f"mv_{name}")
-
-
 class MaterializeOperator:
-    def __init__(self, con: duckdb.DuckDBPyConnection, operator_id: str, name: str, schema: Schema):
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        operator_id: str,
+        name: str,
+        schema: Schema,
+        *,
+        retracting: bool,
+    ) -> None:
         self.con = con
         self.name = name
         self.schema = schema
-        self.state = StateTable(
-            con,
-            operator_id,
-            keys=[(c.name, duckdb_type(c.type)) for c in schema],
-            values=[("__count", "BIGINT")],
+        columns = [(c.name, duckdb_type(c.type)) for c in schema]
+        self.state: StateTable | AppendLog = (
+            StateTable(con, operator_id, keys=columns, values=[("__count", "BIGINT")])
+            if retracting
+            else AppendLog(con, operator_id, columns)
         )
 
     def create(self) -> None:
         self.state.create()
-        self._create_view()
-
-    def _create_view(self) -> None:
         cols = ", ".join(f"t.{qi(c.name)}" for c in self.schema)
-        self.con.execute(
-            f"CREATE OR REPLACE VIEW {qi(self.name)} AS "
-            f"SELECT {cols} FROM {self.state.table} t, range(t.__count)"
+        source = (
+            f"{self.state.table} t, range(t.__count)"
+            if isinstance(self.state, StateTable)
+            else f"{self.state.table} t"
         )
+        self.con.execute(f"CREATE OR REPLACE VIEW {qi(self.name)} AS SELECT {cols} FROM {source}")
 
     def apply(self, changes: pa.Table) -> None:
+        if isinstance(self.state, AppendLog):
+            self.state.append(changes)
+            return
         cols = ", ".join(qi(c.name) for c in self.schema)
         weight = "sum(__weight)" if is_weighted(changes) else "count(*)"
         self.con.register("__changes", changes)
@@ -62,4 +71,5 @@ class MaterializeOperator:
     def drop(self) -> None:
         self.con.execute(f"DROP VIEW IF EXISTS {qi(self.name)}")
         self.con.execute(f"DROP TABLE IF EXISTS {self.state.table}")
-        self.con.execute(f"DROP TABLE IF EXISTS {self.state.dirty}")
+        if isinstance(self.state, StateTable):
+            self.con.execute(f"DROP TABLE IF EXISTS {self.state.dirty}")

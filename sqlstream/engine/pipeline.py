@@ -19,6 +19,7 @@ from sqlstream.engine.aggregate import AggregateOperator
 from sqlstream.engine.materialize import MaterializeOperator
 from sqlstream.engine.reader import Reader
 from sqlstream.plan.nodes import QueryPlan
+from sqlstream.state.append_log import AppendLog
 from sqlstream.state.table import StateTable
 
 
@@ -57,7 +58,7 @@ class Pipeline:
     rows_out: int = 0
 
     @property
-    def state_tables(self) -> list[StateTable]:
+    def state_tables(self) -> list[StateTable | AppendLog]:
         out = []
         if self.aggregate:
             out.append(self.aggregate.state)

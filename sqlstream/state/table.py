@@ -146,12 +146,26 @@ class StateTable:
             )
             cols = sql.SQL(", ").join(sql.Identifier(n) for n in deletes.column_names)
             copy_in(cur, sql.SQL("{} ({})").format(tmp, cols), deletes)
-            cond = sql.SQL(" AND ").join(
-                sql.SQL("t.{0} IS NOT DISTINCT FROM d.{0}").format(sql.Identifier(k)) for k in key
+            # Postgres cannot hash-join on IS NOT DISTINCT FROM, so match keys with "=" (which
+            # the unique index serves), and only the rare keys holding a NULL the slow way,
+            # narrowed by vnode.
+            eq = sql.SQL(" AND ").join(
+                sql.SQL("t.{0} = d.{0}").format(sql.Identifier(k)) for k in key
             )
-            cur.execute(
-                sql.SQL("DELETE FROM {} t USING {} d WHERE {}").format(self.pg_table, tmp, cond)
-            )
+            cur.execute(sql.SQL("DELETE FROM {} t USING {} d WHERE {}").format(self.pg_table, tmp, eq))
+            if self.keys:
+                has_null = sql.SQL(" OR ").join(
+                    sql.SQL("d.{} IS NULL").format(sql.Identifier(k)) for k in self.key_names
+                )
+                same = sql.SQL(" AND ").join(
+                    sql.SQL("t.{0} IS NOT DISTINCT FROM d.{0}").format(sql.Identifier(k))
+                    for k in self.key_names
+                )
+                cur.execute(
+                    sql.SQL(
+                        "DELETE FROM {} t USING {} d WHERE t.vnode = d.vnode AND ({}) AND {}"
+                    ).format(self.pg_table, tmp, has_null, same)
+                )
         if upserts.num_rows:
             tmp = sql.Identifier(f"_up_{self.operator_id}")
             cur.execute(
