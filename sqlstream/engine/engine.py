@@ -520,6 +520,17 @@ class Engine:
         notices = [] if stmt.name.lower() in known else [f'setting "{stmt.name}" is accepted but has no effect']
         return Result("SET", notices=notices)
 
+    def _do_CreateTable(self, stmt: st.CreateTable) -> Result:
+        raise FeatureNotSupported(
+            "CREATE TABLE (a relation written with INSERT/UPDATE/DELETE) is not supported yet; "
+            "declare a SOURCE for input from outside"
+        )
+
+    def _do_Insert(self, stmt: st.Statement) -> Result:
+        raise FeatureNotSupported("INSERT, UPDATE and DELETE need tables, which are not supported yet")
+
+    _do_Update = _do_Delete = _do_Insert
+
     def _do_Transaction(self, stmt: st.Transaction) -> Result:
         return Result(stmt.action.upper())
 

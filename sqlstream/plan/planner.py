@@ -19,6 +19,7 @@ construct, so no view is accepted that would later be wrong.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ from sqlstream.plan.nodes import (
     Stateless,
     WindowAssign,
 )
-from sqlstream.types import Schema, duckdb_type
+from sqlstream.types import Column, Schema, duckdb_type, from_duckdb
 
 D = "duckdb"
 
@@ -226,7 +227,8 @@ def plan_query(
         ]
         sql = f"SELECT {', '.join(cols)}{', __weight' if weighted else ''}{tail}"
         return _finish(
-            QueryPlan(name, scan, window, Stateless(sql, where_sql, outputs), None, None, schema, weighted)
+            QueryPlan(name, scan, window, Stateless(sql, where_sql, outputs), None, None, schema, weighted),
+            info,
         )
 
     # Group keys: state columns named after the grouped column where there is one.
@@ -337,7 +339,11 @@ def plan_query(
         schema,
         retracting=not emit_on_window_close,
     )
-    return _finish(plan)
+    return _finish(plan, info)
+
+
+def _on_empty_input(sql: str, info: RelationInfo) -> str:
+    return re.sub(r"\b__in\b", lambda _: _empty_input(info), sql)
 
 
 def _empty_input(info: RelationInfo) -> str:
@@ -347,7 +353,7 @@ def _empty_input(info: RelationInfo) -> str:
 
 def _expr_type(expr: exp.Expression, from_sql: str, alias: str, info: RelationInfo) -> str:
     """DuckDB's type for an expression over the input, found by describing it on no rows."""
-    src = from_sql.replace("__in", _empty_input(info))
+    src = _on_empty_input(from_sql, info)
     return str(duckdb.sql(f"SELECT {expr.sql(D)} FROM {src} AS {_q(alias)}").types[0])
 
 
@@ -356,12 +362,28 @@ def _key_types(
 ) -> list[str]:
     if not keys:
         return []
-    rel = duckdb.sql(pre_sql.replace("FROM __in", f"FROM {_empty_input(info)}", 1))
+    rel = duckdb.sql(_on_empty_input(pre_sql, info))
     types = dict(zip(rel.columns, [str(t) for t in rel.types], strict=True))
     return [types[k] for k in keys]
 
 
-def _finish(plan: QueryPlan) -> QueryPlan:
+def _output_schema(plan: QueryPlan, info: RelationInfo) -> Schema:
+    """The output columns with the types DuckDB actually produces (``sum(bigint)`` is a
+    HUGEINT there, so ``numeric(38,0)``, as Postgres' ``numeric``), found by running the
+    plan's SQL over no rows."""
+    if plan.aggregate is None:
+        rel = duckdb.sql(_on_empty_input(plan.stateless.sql, info))
+    else:
+        assert plan.project is not None
+        state_cols = plan.aggregate.keys + [(a.name, a.duck_type) for a in plan.aggregate.accumulators]
+        empty = ", ".join(f"NULL::{t} AS {_q(n)}" for n, t in state_cols)
+        rel = duckdb.sql(plan.project.sql.replace("__st", f"(SELECT {empty} LIMIT 0)"))
+    types = dict(zip(rel.columns, [str(t) for t in rel.types], strict=True))
+    return [Column(c.name, from_duckdb(types[c.name])) for c in plan.schema]
+
+
+def _finish(plan: QueryPlan, info: RelationInfo) -> QueryPlan:
+    plan.schema = _output_schema(plan, info)
     text = "\n".join(
         [plan.stateless.sql, plan.project.sql if plan.project else ""]
         + [f"{a.name}:{a.duck_type}:{a.partial_sql}" for a in (plan.aggregate.accumulators if plan.aggregate else [])]
