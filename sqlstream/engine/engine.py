@@ -598,8 +598,7 @@ class Engine:
 
     def finished(self) -> bool:
         """True when every reader has read all it ever will (bounded or frozen sources)."""
-        readers = self.readers()
-        return bool(readers) and all(r.source.finished() for r in readers)
+        return all(r.source.finished() for r in self.readers())
 
     def checkpoint_due(self) -> bool:
         return time.monotonic() - self.last_checkpoint_at >= self.settings.checkpoint_interval

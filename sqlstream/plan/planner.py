@@ -273,7 +273,11 @@ def plan_query(
         new_accs, final = _accumulators(call, i, arg, arg_type, weighted)
         accs += new_accs
         finals[id(call)] = final
-        describe.append(call.sql("postgres"))
+        describe.append(
+            call.transform(
+                lambda n: exp.column(n.name) if isinstance(n, exp.Column) else n
+            ).sql("postgres")
+        )
     if weighted:
         pre_cols.append("__weight")
     pre_sql = f"SELECT {', '.join(pre_cols) or 'TRUE AS __none'}{tail}"
