@@ -209,3 +209,24 @@ def test_state_from_another_plan_is_refused_unless_reset(catalog_dsn, tmp_data_d
         assert e.query("SELECT sum(n) AS t FROM m").to_pylist() == [{"t": 5000}]
     finally:
         e.close()
+
+
+@pytest.mark.parametrize("policy", ["skip", "fail"])
+def test_on_error_skip_and_fail(policy, engine, catalog_dsn, tmp_data_dir):
+    d = tmp_data_dir / "in"
+    d.mkdir()
+    (d / "a.jsonl").write_text('{"id": 1}\n{"id": "x"}\n{"id": 3}\n')
+    engine.execute_script(
+        f"CREATE SOURCE f (id BIGINT) WITH (connector = 'file', path = '{d}', "
+        f"on_error = '{policy}') FORMAT PLAIN ENCODE JSON; "
+        "CREATE MATERIALIZED VIEW m AS SELECT id FROM f;"
+    )
+    if policy == "fail":
+        with pytest.raises(SqlStreamError) as info:
+            run_engine(engine, JobOptions(once=True))
+        assert info.value.sqlstate == "22000" and '"f"' in str(info.value)
+        return
+    run_engine(engine, JobOptions(once=True))
+    assert sorted(r["id"] for r in engine.query("SELECT id FROM m").to_pylist()) == [1, 3]
+    with psycopg.connect(catalog_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlstream.dead_letters").fetchone() == (0,)
