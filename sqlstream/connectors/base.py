@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sqlstream.connectors.options import OptionSpec, validate_options
-from sqlstream.types import Schema
+from sqlstream.errors import ConnectorError
+from sqlstream.types import Schema, arrow_schema
 
 WEIGHT = "__weight"
 
@@ -145,3 +148,30 @@ class Sink(ABC):
 
     def close(self) -> None:
         """Release connections and files."""
+
+
+def normalize_changes(changes: pa.Table, schema: Schema, *, weighted: bool) -> pa.Table:
+    """The sink's columns in schema order, cast to its Arrow types.
+
+    ``weighted``: with a ``__weight`` column always (all +1 when absent); otherwise only the
+    inserted rows (append-only sinks get retractions only under ``force_append_only``, and
+    drop them).
+    """
+    target = arrow_schema(schema)
+    missing = [n for n in target.names if n not in changes.column_names]
+    if missing:
+        raise ConnectorError(f"changes lack column(s) {', '.join(missing)}")
+    has_weight = WEIGHT in changes.column_names
+    if has_weight and not weighted:
+        changes = changes.filter(pc.greater(changes[WEIGHT], 0))
+    out = changes.select(target.names)
+    if not out.schema.equals(target, check_metadata=False):
+        out = out.cast(target)
+    if weighted:
+        weight = (
+            changes[WEIGHT].cast(pa.int64())
+            if has_weight
+            else pa.array(np.ones(changes.num_rows, dtype=np.int64))
+        )
+        out = out.append_column(WEIGHT, weight)
+    return out

@@ -21,7 +21,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from sqlstream.checkpoint.pgio import copy_in, copy_out
+from sqlstream.formats.pgcopy import copy_in, copy_out
 from sqlstream.state.table import PG_SCHEMA, qi
 from sqlstream.types import from_duckdb
 

@@ -25,7 +25,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from sqlstream.checkpoint.pgio import copy_in, copy_out
+from sqlstream.formats.pgcopy import copy_in, copy_out
 from sqlstream.types import from_duckdb
 
 PG_SCHEMA = "sqlstream_state"

@@ -29,13 +29,12 @@ from pathlib import Path
 
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from sqlstream.connectors.base import WEIGHT, ConnectorContext, Format, Sink
+from sqlstream.connectors.base import ConnectorContext, Format, Sink, normalize_changes
 from sqlstream.connectors.options import OptionSpec
 from sqlstream.errors import ConnectorError, InvalidParameterValue
 from sqlstream.formats.encode import EXTENSIONS, make_encoder
-from sqlstream.types import Schema, arrow_schema
+from sqlstream.types import Schema
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +107,6 @@ class FileSink(Sink):
         # Absolute, so that a later change of working directory cannot move the output.
         self.path = Path(self.options["path"]).absolute()
         self.staging = self.path / STAGING
-        self._target = arrow_schema(schema)
         self._buffer: list[pa.Table] = []
         self._pending: dict[int, list[pa.Table]] = {}
         # epoch -> publish / discard that failed; finished before the next epoch is staged,
@@ -142,19 +140,8 @@ class FileSink(Sink):
         _fsync_dir(self.staging)
 
     def write(self, changes: pa.Table) -> None:
-        if changes.num_rows == 0:
-            return
-        if WEIGHT in changes.column_names:
-            # Append-only: retractions only arrive under force_append_only, and are dropped.
-            changes = changes.filter(pc.greater(changes[WEIGHT], 0))
-        missing = [n for n in self._target.names if n not in changes.column_names]
-        if missing:
-            raise ConnectorError(
-                f"sink {self.ctx.name}: changes lack column(s) {', '.join(missing)}"
-            )
-        rows = changes.select(self._target.names)
-        if not rows.schema.equals(self._target, check_metadata=False):
-            rows = rows.cast(self._target)
+        # Append-only: retractions only arrive under force_append_only, and are dropped.
+        rows = normalize_changes(changes, self.schema, weighted=False)
         if rows.num_rows:
             self._buffer.append(rows)
 

@@ -29,19 +29,16 @@ import duckdb
 import numpy as np
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 from psycopg import pq, sql
 
-from sqlstream.connectors.base import WEIGHT, ConnectorContext, Format, Sink
+from sqlstream.connectors.base import WEIGHT, ConnectorContext, Format, Sink, normalize_changes
 from sqlstream.connectors.options import OptionSpec
 from sqlstream.errors import ConnectorError, InvalidParameterValue
-from sqlstream.formats.encode import encode_csv
-from sqlstream.types import Schema, arrow_schema
+from sqlstream.formats.pgcopy import copy_in
+from sqlstream.types import Schema
 
 log = logging.getLogger(__name__)
 
-#: rows per COPY chunk: bounds the memory of one encoded CSV piece
-COPY_CHUNK_ROWS = 100_000
 #: name of the flag column in the upsert staging table (true = upsert, false = delete)
 _OP = "__sqlstream_upsert"
 # Prepared transaction ids are at most 200 bytes (Postgres' GIDSIZE).
@@ -85,33 +82,6 @@ def pg_type(type_: str) -> sql.SQL:
 
 def _duck_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def normalize_changes(changes: pa.Table, schema: Schema, *, weighted: bool) -> pa.Table:
-    """The sink's columns in schema order, cast to its Arrow types.
-
-    ``weighted``: with a ``__weight`` column always (all +1 when absent); otherwise only the
-    inserted rows (append-only sinks get retractions only under ``force_append_only``, and
-    drop them).
-    """
-    target = arrow_schema(schema)
-    missing = [n for n in target.names if n not in changes.column_names]
-    if missing:
-        raise ConnectorError(f"changes lack column(s) {', '.join(missing)}")
-    has_weight = WEIGHT in changes.column_names
-    if has_weight and not weighted:
-        changes = changes.filter(pc.greater(changes[WEIGHT], 0))
-    out = changes.select(target.names)
-    if not out.schema.equals(target, check_metadata=False):
-        out = out.cast(target)
-    if weighted:
-        weight = (
-            changes[WEIGHT].cast(pa.int64())
-            if has_weight
-            else pa.array(np.ones(changes.num_rows, dtype=np.int64))
-        )
-        out = out.append_column(WEIGHT, weight)
-    return out
 
 
 class PostgresSink(Sink):
@@ -387,15 +357,7 @@ class PostgresSink(Sink):
             self._upsert(cur, self._consolidate(rows), two_phase=two_phase)
             return
         names = [c.name for c in self.schema]
-        self._copy(cur, sql.SQL("{} ({})").format(self._target, self._idents(names)), rows)
-
-    def _copy(self, cur: psycopg.Cursor, target: sql.Composable, rows: pa.Table) -> None:
-        if rows.num_rows == 0:
-            return
-        rows = rows.combine_chunks()
-        with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(target)) as copy:
-            for offset in range(0, rows.num_rows, COPY_CHUNK_ROWS):
-                copy.write(encode_csv(rows.slice(offset, COPY_CHUNK_ROWS), header=False))
+        copy_in(cur, sql.SQL("{} ({})").format(self._target, self._idents(names)), rows)
 
     def _consolidate(self, rows: pa.Table) -> pa.Table:
         """The epoch's net effect per key: the row to upsert, or the row whose key to delete.
@@ -451,7 +413,7 @@ class PostgresSink(Sink):
                     sql.Identifier(self._stage_name), sql.SQL(", ").join(defs)
                 )
             )
-        self._copy(cur, sql.SQL("{} ({})").format(stage, self._idents([*names, _OP])), net)
+        copy_in(cur, sql.SQL("{} ({})").format(stage, self._idents([*names, _OP])), net)
         key_match = sql.SQL(" AND ").join(
             sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in self.keys
         )

@@ -14,30 +14,20 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
 
+from sqlstream.formats.encode import encode_csv
 
-def _csv_ready(table: pa.Table) -> pa.Table:
-    # Postgres CSV cannot take pyarrow's binary rendering; send bytea as hex escapes.
-    cols = []
-    for field, col in zip(table.schema, table.columns, strict=True):
-        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
-            col = pa.array(
-                [None if v is None else "\\x" + v.hex() for v in col.to_pylist()], pa.string()
-            )
-        cols.append(col)
-    return pa.table(cols, names=table.column_names)
+#: rows encoded per COPY chunk: bounds the memory of one encoded piece
+COPY_CHUNK_ROWS = 100_000
 
 
 def copy_in(cur: psycopg.Cursor, target: sql.Composable, table: pa.Table) -> int:
     """COPY ``table`` into ``target`` (a table name, optionally with a column list)."""
     if table.num_rows == 0:
         return 0
-    buf = io.BytesIO()
-    pacsv.write_csv(
-        _csv_ready(table), buf, write_options=pacsv.WriteOptions(include_header=False)
-    )
-    stmt = sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(target)
-    with cur.copy(stmt) as copy:
-        copy.write(buf.getvalue())
+    table = table.combine_chunks()
+    with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(target)) as copy:
+        for offset in range(0, table.num_rows, COPY_CHUNK_ROWS):
+            copy.write(encode_csv(table.slice(offset, COPY_CHUNK_ROWS), header=False))
     return table.num_rows
 
 
