@@ -37,10 +37,11 @@ class JobOptions:
     catalog_retry_limit: float | None = None
 
 
-def _progress_line(engine: Engine, started: float, rows_at_start: int) -> str:
+def _progress_line(engine: Engine, started: float, rows_at_start: tuple[int, int]) -> str:
     elapsed = max(time.monotonic() - started, 1e-9)
-    rate = (engine.rows_in - rows_at_start) / elapsed
     out = sum(p.rows_out for p in engine.pipelines.values())
+    rate_in = (engine.rows_in - rows_at_start[0]) / elapsed
+    rate_out = (out - rows_at_start[1]) / elapsed
     ckpt = engine.last_checkpoint
     last = (
         f"checkpoint {ckpt.epoch} ({ckpt.duration_ms:.0f} ms, "
@@ -48,7 +49,10 @@ def _progress_line(engine: Engine, started: float, rows_at_start: int) -> str:
         if ckpt
         else "no checkpoint yet"
     )
-    return f"rows in {engine.rows_in:,} ({rate:,.0f}/s) | rows out {out:,} | {last}"
+    return (
+        f"rows in {engine.rows_in:,} ({rate_in:,.0f}/s) | rows out {out:,} ({rate_out:,.0f}/s) "
+        f"| {last}"
+    )
 
 
 def run_engine(engine: Engine, opts: JobOptions) -> None:
@@ -56,7 +60,7 @@ def run_engine(engine: Engine, opts: JobOptions) -> None:
     if opts.once:
         engine.freeze()
     started = time.monotonic()
-    rows_at_start = engine.rows_in
+    rows_at_start = (engine.rows_in, sum(p.rows_out for p in engine.pipelines.values()))
     last_progress = 0.0
     while not opts.stop.is_set():
         rows = engine.run_epoch()
