@@ -230,3 +230,14 @@ def test_on_error_skip_and_fail(policy, engine, catalog_dsn, tmp_data_dir):
     assert sorted(r["id"] for r in engine.query("SELECT id FROM m").to_pylist()) == [1, 3]
     with psycopg.connect(catalog_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM sqlstream.dead_letters").fetchone() == (0,)
+
+
+def test_metrics_snapshot(engine):
+    engine.execute_script(GEN + "; CREATE MATERIALIZED VIEW m AS SELECT k, count(*) AS n FROM gen GROUP BY k;")
+    run_engine(engine, JobOptions(once=True))
+    m = engine.metrics()
+    assert m["rows_in"] == 5000 and m["epoch"] >= 1
+    (reader,) = m["readers"]
+    assert reader["object"] == "m" and reader["rows"] == 5000 and reader["late_rows"] == 0
+    (pipe,) = m["pipelines"]
+    assert sorted(pipe["state_rows"].values()) == [5, 5]  # 5 groups; 5 view rows

@@ -622,6 +622,40 @@ class Engine:
         self.last_checkpoint_at = time.monotonic()
         return stats
 
+    def metrics(self) -> dict[str, object]:
+        """A snapshot of the counters the server exports (Prometheus) and SHOW JOBS prints."""
+        ckpt = self.last_checkpoint
+        return {
+            "rows_in": self.rows_in,
+            "epoch": self.last_epoch,
+            "checkpoint_duration_ms": ckpt.duration_ms if ckpt else None,
+            "checkpoint_age_s": time.monotonic() - self.last_checkpoint_at,
+            "readers": [
+                {
+                    "object": r.consumer,
+                    "source": r.source_name,
+                    "rows": r.rows_read,
+                    "late_rows": r.late_rows,
+                    "skipped_rows": r.skipped,
+                    "watermark_us": r.watermark_us,
+                }
+                for r in self.readers()
+            ],
+            "pipelines": [
+                {
+                    "object": p.name,
+                    "kind": p.kind,
+                    "rows_out": p.rows_out,
+                    "state_rows": {t.operator_id: t.row_count() for t in p.state_tables},
+                }
+                for p in self.pipelines.values()
+            ],
+            "sinks": [
+                {"sink": s.name, "rows": s.rows_total, "pending": s.rows_pending}
+                for s in self.sinks.values()
+            ],
+        }
+
     def close(self) -> None:
         for p in self.pipelines.values():
             for r in p.readers:
