@@ -25,7 +25,8 @@ from sqlstream.checkpoint.store import CatalogStore, ObjectRow
 from sqlstream.config import Settings
 from sqlstream.connectors.base import ConnectorContext, Format, Source
 from sqlstream.connectors.registry import sink_class, source_class
-from sqlstream.engine.aggregate import AggregateOperator
+from sqlstream.engine.build import operator_id
+from sqlstream.engine.changes import with_weights
 from sqlstream.engine.materialize import MaterializeOperator
 from sqlstream.engine.pipeline import Pipeline, SinkRunner
 from sqlstream.engine.reader import Reader
@@ -39,6 +40,7 @@ from sqlstream.errors import (
     UndefinedTable,
 )
 from sqlstream.plan.explain import explain_plan
+from sqlstream.plan.nodes import QueryPlan
 from sqlstream.plan.planner import RelationInfo, plan_query
 from sqlstream.sql import statements as st
 from sqlstream.sql.binder import bind_query
@@ -82,10 +84,9 @@ def _fingerprint(text: str) -> str:
     return hashlib.sha256(normalize_sql(text).encode()).hexdigest()[:16]
 
 
-def _op_id(obj: str, role: str) -> str:
-    # Postgres identifiers hold 63 bytes; keep the readable prefix and make it unique.
-    digest = hashlib.sha1(obj.encode()).hexdigest()[:8]
-    return f"{obj[:40]}__{role}_{digest}"
+def _relations(plan: QueryPlan) -> list[str]:
+    """The sources and views a plan reads, in order."""
+    return list(dict.fromkeys(s.relation for s in plan.scans()))
 
 
 class Engine:
@@ -142,11 +143,6 @@ class Engine:
         self.objects[row.name] = row
 
     def _start_pipeline(self, p: Pipeline, restoring: bool) -> None:
-        initial = None
-        if p.aggregate:
-            initial = p.aggregate.create()
-        if p.materialize:
-            p.materialize.create()
         if restoring and not self._state_matches(p):
             if p.name not in self.resets:
                 raise ObjectChanged(
@@ -157,20 +153,28 @@ class Engine:
             with self.store.conn.transaction(), self.store.conn.cursor() as cur:
                 self.store.reset_state(cur, p.name, p.plan.fingerprint)
             restoring = False
+        p.create()
+        for u in p.upstream:
+            u.subscribers.append(p)
+        self.pipelines[p.name] = p
         if restoring:
             for t in p.state_tables:
                 t.pg_load(self.store.conn)
-            if p.aggregate:
-                initial = p.aggregate.restored()
             offsets = self.store.offsets(p.name)
             marks = self.store.watermarks(p.name)
             for r in p.readers:
                 r.seek(offsets.get(r.source_name, {}), marks.get(r.source_name))
-        else:
-            for r in p.readers:
-                r.seek({}, None)
-        p.deliver(initial)
-        self.pipelines[p.name] = p
+            p.restored()
+            return
+        for r in p.readers:
+            r.seek({}, None)
+        p.start_fresh()
+        # A view over views starts from their current contents, then follows their changes.
+        for u in p.upstream:
+            if u.materialize is not None:
+                rows = u.materialize.rows()
+                if rows.num_rows:
+                    p.feed(u.name, with_weights(rows) if u.plan.retracting else rows)
 
     def _state_matches(self, p: Pipeline) -> bool:
         stored = self.store.state_fingerprints(p.name)
@@ -244,10 +248,13 @@ class Engine:
     def _relation(self, name: str) -> RelationInfo:
         if name in self.sources:
             s = self.sources[name]
-            return RelationInfo(name, s.schema, True, s.watermark_column, s.watermark_sql)
-        if name in self.pipelines:
-            raise FeatureNotSupported(
-                f'reading the materialized view "{name}" from another view is not supported yet'
+            return RelationInfo(
+                name, s.schema, "source", False, s.watermark_column, s.watermark_sql
+            )
+        p = self.pipelines.get(name)
+        if p is not None and p.kind == "materialized view":
+            return RelationInfo(
+                name, p.plan.schema, "view", p.plan.retracting, times=dict(p.plan.root.times)
             )
         raise UndefinedTable(f'relation "{name}" does not exist')
 
@@ -270,40 +277,42 @@ class Engine:
                 f'column "{sorted(dupes)[0]}" specified more than once; give it an alias',
                 sqlstate="42701",
             )
-        plan = plan_query(name, bound.query, bound.schema, self._relation, emit_on_window_close=eowc)
+        plan = plan_query(name, bound.query, self._relation, emit_on_window_close=eowc)
         readers = []
-        src = self.sources[plan.scan.source]
-        readers.append(
-            Reader(
-                name,
-                src.name,
-                self._connector(src, name),
-                src.watermark_column,
-                src.watermark_sql,
-                on_error=src.on_error,
-            )
-        )
-        if self._frozen:
-            readers[-1].source.freeze()
-        p = Pipeline(name, kind, plan, self.con, readers)
-        if plan.aggregate:
-            p.aggregate = AggregateOperator(self.con, _op_id(name, "agg"), plan)
+        upstream = []
+        for rel in dict.fromkeys(scan.relation for scan in plan.scans()):
+            if rel in self.sources:
+                src = self.sources[rel]
+                reader = Reader(
+                    name,
+                    src.name,
+                    self._connector(src, name),
+                    src.watermark_column,
+                    src.watermark_sql,
+                    on_error=src.on_error,
+                )
+                if self._frozen:
+                    reader.source.freeze()
+                readers.append(reader)
+            else:
+                upstream.append(self.pipelines[rel])
+        p = Pipeline(name, kind, plan, self.con, readers, upstream=upstream)
         if kind == "materialized view":
             p.materialize = MaterializeOperator(
-                self.con, _op_id(name, "mv"), name, plan.schema, retracting=plan.retracting
+                self.con, operator_id(name, "mv", 0), name, plan.schema, retracting=plan.retracting
             )
         return p
 
     def _register_new(self, row: ObjectRow, p: Pipeline | None) -> None:
         with self.store.conn.transaction(), self.store.conn.cursor() as cur:
             self.store.insert_object(row, cur)
-            for t in p.state_tables if p else []:
+            for kind, t in p.state_kinds() if p else []:
                 t.pg_create(cur)
                 self.store.register_state(
                     cur,
                     t.operator_id,
                     row.name,
-                    "aggregate" if "__agg_" in t.operator_id else "materialize",
+                    kind.removesuffix("Operator").lower(),
                     [[n, ty] for n, ty in t.pg_columns()],
                     p.plan.fingerprint,
                 )
@@ -318,7 +327,7 @@ class Engine:
             {},
             p.plan.schema,
             _fingerprint(stmt.text),
-            [p.plan.scan.source],
+            _relations(p.plan),
         )
         self._register_new(row, p)
         self._start_pipeline(p, restoring=False)
@@ -382,7 +391,7 @@ class Engine:
 
     def _do_CreateSink(self, stmt: st.CreateSink) -> Result:
         pipeline = self._create_sink_runtime(stmt.name, stmt, restoring=False)
-        deps = [pipeline.plan.scan.source] if pipeline else [stmt.from_name or ""]
+        deps = _relations(pipeline.plan) if pipeline else [stmt.from_name or ""]
         schema = pipeline.plan.schema if pipeline else self.pipelines[deps[0]].plan.schema
         row = ObjectRow(stmt.name, "sink", stmt.text, stmt.options, schema, _fingerprint(stmt.text), deps)
         try:
@@ -424,11 +433,14 @@ class Engine:
         if p:
             for r in p.readers:
                 r.source.close()
+            for u in p.upstream:
+                u.subscribers.remove(p)
             if p.materialize:
                 p.materialize.drop()
-            if p.aggregate:
-                self.con.execute(f"DROP TABLE IF EXISTS {p.aggregate.state.table}")
-                self.con.execute(f"DROP TABLE IF EXISTS {p.aggregate.state.dirty}")
+            for t in p.state_tables:
+                for table in (t.table, getattr(t, "dirty", None), getattr(t, "gone", None)):
+                    if table:
+                        self.con.execute(f"DROP TABLE IF EXISTS {table}")
 
     _KINDS = {
         "source": "source",
@@ -579,7 +591,7 @@ class Engine:
                 self._check_bad_records(r)
                 if data is not None:
                     total += data.num_rows
-                    p.process(data)
+                    p.feed(r.source_name, data)
             p.advance()
         self.rows_in += total
         return total

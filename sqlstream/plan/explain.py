@@ -2,49 +2,32 @@
 
 >>> from sqlstream.types import Column
 >>> from sqlstream.plan.nodes import QueryPlan, Scan, Stateless
->>> p = QueryPlan("v", Scan("s", "s", [Column("a", "bigint")], True), None,
-...               Stateless('SELECT "a" FROM __in', None, ["a"]), None, None,
-...               [Column("a", "bigint")], False)
+>>> cols = [Column("a", "bigint")]
+>>> p = QueryPlan("v", Stateless(cols, False, [Scan(cols, False, relation="s")],
+...               sql='SELECT "a" FROM __in', what="Project"))
 >>> print(explain_plan(p, "Materialize"))
 Materialize v [append-only]
-└─ Filter/Project (one DuckDB statement per batch) [append-only]
-   └─ Scan s [append-only, no watermark]
+└─ Project (one DuckDB statement per batch) [append-only]
+   └─ Scan s (source, no watermark) [append-only]
 """
 
 from __future__ import annotations
 
-from sqlstream.plan.nodes import QueryPlan
+from sqlstream.plan.nodes import Node, QueryPlan
 
 
-def _edge(retracting: bool) -> str:
-    return "retracting" if retracting else "append-only"
+def _edge(node: Node) -> str:
+    return "retracting" if node.retracting else "append-only"
 
 
 def explain_plan(plan: QueryPlan, root: str) -> str:
-    lines: list[str] = [f"{root} {plan.name} [{_edge(plan.retracting)}]"]
-    agg = plan.aggregate
-    if agg is not None:
-        lines.append(f"Project {', '.join(c.name for c in plan.schema)} [{_edge(plan.retracting)}]")
-        keys = ", ".join(k for k, _ in agg.keys) or "(global)"
-        state = f"state: {len(agg.accumulators)} accumulators per group"
-        if agg.window_end_sql:
-            state += ", dropped when the watermark passes the window end"
-        emit = "on window close" if agg.emit_on_window_close else "on update"
-        lines.append(
-            f"Aggregate keys=[{keys}] calls=[{', '.join(agg.describe) or 'count(*)'}] "
-            f"emit={emit} [{state}]"
-        )
-    stateless = "Filter/Project (one DuckDB statement per batch)"
-    if plan.stateless.filter_sql:
-        stateless += f" where {plan.stateless.filter_sql}"
-    lines.append(f"{stateless} [{_edge(not plan.scan.append_only)}]")
-    if plan.window:
-        w = plan.window
-        lines.append(f"WindowAssign TUMBLE({w.time_column}, {w.size_sql}) [append-only]")
-    s = plan.scan
-    wm = f"watermark {s.watermark_sql}" if s.watermark_sql else "no watermark"
-    lines.append(f"Scan {s.source} [{_edge(not s.append_only)}, {wm}]")
-    out = [lines[0]]
-    for depth, line in enumerate(lines[1:]):
-        out.append("   " * depth + "└─ " + line)
-    return "\n".join(out)
+    lines = [f"{root} {plan.name} [{_edge(plan.root)}]"]
+
+    def walk(node: Node, prefix: str, last: bool) -> None:
+        lines.append(f"{prefix}{'└─ ' if last else '├─ '}{node.label()} [{_edge(node)}]")
+        child_prefix = prefix + ("   " if last else "│  ")
+        for i, child in enumerate(node.inputs):
+            walk(child, child_prefix, i == len(node.inputs) - 1)
+
+    walk(plan.root, "", True)
+    return "\n".join(lines)

@@ -1,51 +1,88 @@
-"""The logical plan of one continuous query, with the decisions of how it is maintained.
+"""The logical plan of a continuous query: a tree of operators, each recording how it is
+maintained incrementally.
 
-A plan is a short pipeline, read bottom-up as EXPLAIN prints it::
+Every node has output columns with *physical* names (unique within the node), whether its
+output edge can retract (carries a ``__weight`` column), and which of its columns carry event
+time (so windows and interval joins can drop state behind the watermark). Stateless steps
+(filter, project, window assignment) are SQL over the input batch ``__in``; chains of them
+are fused into one DuckDB statement (:func:`sqlstream.plan.fuse.fuse`).
 
-    Scan(source) -> WindowAssign? -> Filter/Project (one fused DuckDB statement)
-                 -> Aggregate? -> Project (over the aggregate's state)
+Stateful nodes come in three kinds:
 
-Each node records what the incremental engine needs: whether its output can retract, which
-state it keeps, and when that state can be dropped (watermarks).
+- :class:`Aggregate` keeps per-group accumulators (count, sum, min, ...) and folds each batch
+  in: the cheap path for decomposable aggregates.
+- :class:`Recompute` keeps its inputs (as multisets) and its output, keyed; for a batch it
+  recomputes the output of the keys the batch touched with one DuckDB query and emits the
+  difference. It maintains anything deterministic per key: joins of every kind, Top-N,
+  DISTINCT, and aggregates that are not decomposable (DISTINCT aggregates, string_agg, min/max
+  under retractions, ...).
+- :class:`DeltaJoin` joins two append-only inputs by their deltas (new left rows against the
+  right's state and vice versa) and drops rows behind the watermark for interval joins.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlstream.types import Schema
+from sqlstream.types import Column
 
 
-@dataclass
-class Scan:
-    source: str
-    alias: str
-    schema: Schema
-    append_only: bool
-    #: the source's ``WATERMARK FOR`` column and expression (DuckDB SQL), if any
-    watermark_column: str | None = None
+@dataclass(frozen=True)
+class TimeColumn:
+    """An output column carrying event time: the event time itself, or a window bound."""
+
+    kind: str  # 'event' | 'window_start' | 'window_end'
+    #: SQL interval added to a window_start to reach the window's end
+    size_sql: str | None = None
+
+    def end_sql(self, column_sql: str) -> str | None:
+        """SQL giving the end of the window a row belongs to (None for plain event time)."""
+        if self.kind == "window_end":
+            return column_sql
+        if self.kind == "window_start" and self.size_sql:
+            return f"({column_sql} + {self.size_sql})"
+        return None
+
+
+@dataclass(eq=False)
+class Node:
+    columns: list[Column]
+    retracting: bool
+    inputs: list[Node] = field(default_factory=list)
+    #: physical column -> event-time meaning
+    times: dict[str, TimeColumn] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def label(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(eq=False)
+class Scan(Node):
+    relation: str = ""
+    kind: str = "source"  # 'source' | 'view'
     watermark_sql: str | None = None
 
-
-@dataclass
-class WindowAssign:
-    kind: str  # 'tumble'
-    time_column: str
-    size_sql: str  # a DuckDB interval literal
-    size_us: int
-    time_type: str  # 'timestamp' | 'timestamptz'
+    def label(self) -> str:
+        wm = f"watermark {self.watermark_sql}" if self.watermark_sql else "no watermark"
+        return f"Scan {self.relation} ({self.kind}, {wm})"
 
 
-@dataclass
-class Stateless:
-    """Filter and project fused into one DuckDB statement over the input batch ``__in``."""
+@dataclass(eq=False)
+class Stateless(Node):
+    """SQL over ``__in`` (carrying ``__weight`` through when the input retracts)."""
 
-    sql: str
-    filter_sql: str | None
-    output: list[str]
+    sql: str = ""
+    what: str = "Filter/Project"
+
+    def label(self) -> str:
+        return f"{self.what} (one DuckDB statement per batch)"
 
 
-@dataclass
+@dataclass(eq=False)
 class Accumulator:
     """One state column of an aggregate and how a batch's partial merges into it."""
 
@@ -55,36 +92,125 @@ class Accumulator:
     merge_sql: str  # combines o.<name> (old) and p.<name> (partial); NULL-safe
 
 
-@dataclass
-class Aggregate:
-    keys: list[tuple[str, str]]  # (state column, DuckDB type)
-    accumulators: list[Accumulator]
-    #: SQL over the state row (alias s) giving the window end, for cleanup and emission
-    window_end_sql: str | None
-    emit_on_window_close: bool
-    describe: list[str] = field(default_factory=list)  # the aggregate calls, for EXPLAIN
+@dataclass(eq=False)
+class Aggregate(Node):
+    """Per-group accumulators; ``pre_sql`` (over ``__in``) yields keys and arguments,
+    ``project_sql`` (over state rows ``__st``) the output."""
+
+    keys: list[tuple[str, str]] = field(default_factory=list)  # (state column, DuckDB type)
+    accumulators: list[Accumulator] = field(default_factory=list)
+    pre_sql: str = ""
+    project_sql: str = ""
+    window_end_sql: str | None = None  # over state rows (alias s)
+    emit_on_window_close: bool = False
+    calls: list[str] = field(default_factory=list)
 
     @property
     def is_global(self) -> bool:
         return not self.keys
 
+    def label(self) -> str:
+        keys = ", ".join(k for k, _ in self.keys) or "(global)"
+        emit = "on window close" if self.emit_on_window_close else "on update"
+        state = f"state: {len(self.accumulators)} accumulators per group"
+        if self.window_end_sql:
+            state += ", dropped when the watermark passes the window end"
+        return f"Aggregate keys=[{keys}] calls=[{', '.join(self.calls)}] emit={emit} [{state}]"
 
-@dataclass
-class Project:
-    """The query's output computed over aggregate state rows (alias ``s``), HAVING applied."""
 
-    sql: str
+@dataclass(eq=False)
+class Recompute(Node):
+    """Keyed recomputation (see the module docstring).
+
+    ``key_sql[i]`` computes the key from a row of input i (over ``__in``); ``query_sql`` reads
+    the inputs as ``__r0``, ``__r1``, ... (restricted to the touched keys) and yields the key
+    columns ``__k0..`` followed by the output columns.
+    """
+
+    what: str = "Recompute"
+    key_sql: list[list[str]] = field(default_factory=list)
+    key_types: list[str] = field(default_factory=list)
+    query_sql: str = ""
+    #: index of the key column holding a window bound, and its end SQL (over key alias k)
+    window_end_sql: str | None = None
+    emit_on_window_close: bool = False
+
+    def label(self) -> str:
+        keys = len(self.key_types)
+        state = "state: inputs and output, keyed" if keys else "state: inputs and output"
+        if self.window_end_sql:
+            state += ", dropped when the watermark passes the window end"
+        emit = " emit=on window close" if self.emit_on_window_close else ""
+        by = f" by {keys} key column{'s' if keys != 1 else ''}" if keys else " (whole input)"
+        return f"{self.what}, recomputed per key{by}{emit} [{state}]"
 
 
-@dataclass
+@dataclass(eq=False)
+class DeltaJoin(Node):
+    """Inner join of two append-only inputs: ΔL ⋈ R + L ⋈ ΔR, output append-only."""
+
+    left_keys: list[str] = field(default_factory=list)  # SQL over a left row (alias l)
+    right_keys: list[str] = field(default_factory=list)  # SQL over a right row (alias r)
+    select_sql: str = ""  # output columns over l and r
+    residual_sql: str | None = None
+    #: per side, SQL over that side's rows (alias s) giving the event time after which the
+    #: row can no longer match (dropped once the other side's watermark passes it)
+    expiry_sql: list[str | None] = field(default_factory=lambda: [None, None])
+
+    def label(self) -> str:
+        kind = "interval join" if any(self.expiry_sql) else "inner join"
+        state = "state: both inputs"
+        if any(self.expiry_sql):
+            state += ", rows dropped once the watermark passes the interval"
+        return f"DeltaJoin ({kind} of append-only inputs) [{state}]"
+
+
+@dataclass(eq=False)
+class TemporalJoin(Node):
+    """A stream looks up the current rows of a table-like input (FOR SYSTEM_TIME AS OF
+    PROCTIME()): output append-only; changes of the table do not revise earlier output."""
+
+    left_keys: list[str] = field(default_factory=list)
+    right_keys: list[str] = field(default_factory=list)
+    select_sql: str = ""
+    residual_sql: str | None = None
+    outer: bool = False
+
+    def label(self) -> str:
+        kind = "left outer" if self.outer else "inner"
+        return f"TemporalJoin ({kind} lookup) [state: the lookup side, keyed]"
+
+
+@dataclass(eq=False)
+class Union(Node):
+    """UNION ALL: each input's batches pass through (aligned to the first input's names)."""
+
+    def label(self) -> str:
+        return f"Union of {len(self.inputs)} inputs"
+
+
+@dataclass(eq=False)
 class QueryPlan:
     name: str
-    scan: Scan
-    window: WindowAssign | None
-    stateless: Stateless
-    aggregate: Aggregate | None
-    project: Project | None
-    schema: Schema
-    #: whether the output edge carries retractions (weights)
-    retracting: bool
+    root: Node
     fingerprint: str = ""
+
+    @property
+    def schema(self) -> list[Column]:
+        return self.root.columns
+
+    @property
+    def retracting(self) -> bool:
+        return self.root.retracting
+
+    def scans(self) -> list[Scan]:
+        out: list[Scan] = []
+
+        def walk(n: Node) -> None:
+            if isinstance(n, Scan):
+                out.append(n)
+            for i in n.inputs:
+                walk(i)
+
+        walk(self.root)
+        return out

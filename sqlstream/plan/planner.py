@@ -1,19 +1,27 @@
-"""From a bound SELECT to a :class:`~sqlstream.plan.nodes.QueryPlan`.
+"""From a bound query to a :class:`~sqlstream.plan.nodes.QueryPlan`: a tree of incremental
+operators, each with the decisions of how it is maintained.
 
-The planner splits a query at its aggregate: everything below it (window assignment, WHERE,
-the group keys and aggregate arguments) becomes one stateless DuckDB statement per batch;
-the aggregate keeps accumulators per group; the select list and HAVING are evaluated over the
-accumulators. Anything it cannot maintain is refused here with SQLSTATE 0A000, naming the
-construct, so no view is accepted that would later be wrong.
+The planner walks the query the way SQL evaluates it — FROM (scans, windows, subqueries,
+CTEs, joins), WHERE, GROUP BY/aggregates or window functions, the select list, DISTINCT,
+ORDER BY ... LIMIT, UNION — and picks for each step the cheapest operator that stays exact:
+
+- filters, projections and window assignment are stateless SQL, fused per query level;
+- aggregates are folded into accumulators when they can be (:mod:`.aggregates`), and
+  recomputed per touched group otherwise;
+- an inner join of two append-only inputs is a delta join; a lookup ``FOR SYSTEM_TIME AS OF
+  PROCTIME()`` a temporal join; every other join, Top-N and DISTINCT are recomputed per
+  touched key.
+
+Anything it cannot maintain exactly is refused here with SQLSTATE 0A000, naming the
+construct — never accepted and later wrong.
 
 >>> from sqlstream.types import Column
->>> src = RelationInfo("bids", [Column("auction", "bigint"), Column("price", "bigint")], True)
+>>> src = RelationInfo("bids", [Column("auction", "bigint"), Column("price", "bigint")])
 >>> q = sqlglot.parse_one('SELECT "bids"."auction" AS "auction", count(*) AS "count" '
 ...                       'FROM "bids" AS "bids" GROUP BY "bids"."auction"', read="postgres")
->>> p = plan_query("v", q, [Column("auction", "bigint"), Column("count", "bigint")],
-...                lambda n: src)
->>> [k for k, _ in p.aggregate.keys], p.retracting
-(['auction'], True)
+>>> p = plan_query("v", q, lambda n: src)
+>>> type(p.root).__name__, [k for k, _ in p.root.keys], p.retracting
+('Aggregate', ['auction'], True)
 """
 
 from __future__ import annotations
@@ -21,376 +29,811 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import sqlglot
 from sqlglot import exp
+from sqlglot.optimizer.unnest_subqueries import unnest_subqueries
 
 from sqlstream.errors import FeatureNotSupported
+from sqlstream.plan.aggregates import (
+    FOLDABLE,
+    NONDETERMINISTIC,
+    accumulators,
+    deterministic,
+    foldable,
+    unwrap,
+)
 from sqlstream.plan.nodes import (
     Accumulator,
     Aggregate,
-    Project,
+    DeltaJoin,
+    Node,
     QueryPlan,
+    Recompute,
     Scan,
     Stateless,
-    WindowAssign,
+    TemporalJoin,
+    TimeColumn,
+    Union,
 )
+from sqlstream.plan.scope import D, Rel, compile_expr, q, references
 from sqlstream.types import Column, Schema, duckdb_type, from_duckdb
 
-D = "duckdb"
+_NONDETERMINISTIC_FUNCS = {
+    "random", "rand", "now", "current_timestamp", "gen_random_uuid", "uuid", "clock_timestamp",
+    "statement_timestamp", "transaction_timestamp", "localtimestamp", "current_time",
+    "current_date", "proctime",
+}  # fmt: skip
 
 
 @dataclass
 class RelationInfo:
-    """What the planner needs to know about an input relation."""
+    """What the planner needs to know about a relation a query reads."""
 
     name: str
     schema: Schema
-    append_only: bool
+    kind: str = "source"  # 'source' | 'view'
+    retracting: bool = False
     watermark_column: str | None = None
     watermark_sql: str | None = None  # DuckDB SQL over the relation's columns
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    times: dict[str, TimeColumn] = field(default_factory=dict)
 
 
 def _refuse(what: str) -> FeatureNotSupported:
-    return FeatureNotSupported(f"{what} is not supported in a continuous query yet")
+    return FeatureNotSupported(f"{what} is not supported in a continuous query")
 
 
-def _interval_us(interval_sql: str) -> int:
-    us = duckdb.sql(f"SELECT epoch_us(TIMESTAMP '1970-01-01' + {interval_sql})").fetchall()[0][0]
-    if us <= 0:
-        raise FeatureNotSupported("a window size must be a positive interval")
-    return int(us)
+# -- types by running SQL over no rows ---------------------------------------------------------
 
 
-def _check_shape(select: exp.Select) -> None:
-    if not isinstance(select, exp.Select):
-        raise _refuse(f"{type(select).__name__.upper()} (only SELECT)")
-    for arg, what in [
-        ("joins", "JOIN"),
-        ("with_", "WITH"),
-        ("order", "ORDER BY"),
-        ("limit", "LIMIT"),
-        ("offset", "OFFSET"),
-        ("distinct", "SELECT DISTINCT"),
-        ("qualify", "QUALIFY"),
-        ("windows", "WINDOW"),
-    ]:
-        if select.args.get(arg):
-            raise _refuse(what)
-    for node in select.find_all(exp.Subquery, exp.Window, exp.Exists, exp.Union):
-        raise _refuse(f"{node.key.upper()} ({node.sql('postgres')[:60]})")
-    for node in select.find_all(exp.Anonymous, exp.Rand, exp.CurrentTimestamp):
-        name = node.name.lower() if isinstance(node, exp.Anonymous) else node.key
-        if name in {"random", "rand", "now", "current_timestamp", "gen_random_uuid", "uuid"}:
+def _empty(columns: list[Column], weighted: bool = False, extra: list[tuple[str, str]] = ()) -> str:
+    cols = [f"NULL::{t} AS {q(n)}" for n, t in extra]
+    cols += [f"NULL::{duckdb_type(c.type)} AS {q(c.name)}" for c in columns]
+    if weighted:
+        cols.append("NULL::BIGINT AS __weight")
+    return f"(SELECT {', '.join(cols) or 'NULL AS __none'} LIMIT 0)"
+
+
+def _substitute(sql: str, relations: dict[str, str]) -> str:
+    """Replace relation tokens (``__in``, ``__r0``, ``__st``) by subqueries; ``__in`` stays
+    the alias, as expressions refer to ``"__in"."col"``."""
+    for token, replacement in relations.items():
+        if token == "__in":
+            sql = re.sub(r"\bFROM __in\b", lambda _, r=replacement: f"FROM {r} AS __in", sql)
+        else:
+            sql = re.sub(rf"\b{token}\b", lambda _, r=replacement: r, sql)
+    return sql
+
+
+def describe(sql: str, relations: dict[str, str]) -> list[Column]:
+    """Output columns of ``sql`` over empty inputs (key and weight columns left out)."""
+    rel = duckdb.sql(_substitute(sql, relations))
+    return [
+        Column(n, from_duckdb(str(t)))
+        for n, t in zip(rel.columns, rel.types, strict=True)
+        if n != "__weight" and not re.fullmatch(r"__k\d+", n)
+    ]
+
+
+def _duck_types(sql: str, relations: dict[str, str]) -> dict[str, str]:
+    rel = duckdb.sql(_substitute(sql, relations))
+    return dict(zip(rel.columns, [str(t) for t in rel.types], strict=True))
+
+
+# -- the planner -----------------------------------------------------------------------------
+
+
+class Planner:
+    def __init__(
+        self, name: str, resolve: Callable[[str], RelationInfo], emit_on_window_close: bool
+    ) -> None:
+        self.name = name
+        self.resolve = resolve
+        self.eowc = emit_on_window_close
+        self.ctes: dict[str, exp.Expression] = {}
+
+    # -- query expressions ---------------------------------------------------------------
+
+    def query(self, node: exp.Expression) -> Node:
+        if isinstance(node, exp.Subquery):
+            return self.query(node.this)
+        if isinstance(node, exp.Union):
+            return self.union(node)
+        if isinstance(node, exp.Select):
+            return self.select(node)
+        raise _refuse(type(node).__name__.upper())
+
+    def union(self, node: exp.Union) -> Node:
+        if isinstance(node, exp.Intersect | exp.Except):
+            raise _refuse(node.key.upper())
+        left, right = self.query(node.this), self.query(node.expression)
+        if len(left.columns) != len(right.columns):
+            raise FeatureNotSupported("each UNION query must have the same number of columns")
+        out: Node = Union(
+            left.columns,
+            left.retracting or right.retracting,
+            [left, right],
+            {n: t for n, t in left.times.items()},
+        )
+        if node.args.get("distinct"):
+            out = self.distinct(out)
+        return out
+
+    def select(self, sel: exp.Select) -> Node:
+        for cte in (sel.args.get("with_") or exp.With()).expressions:
+            self.ctes[cte.alias_or_name] = cte.this
+        for arg, what in [("qualify", "QUALIFY"), ("windows", "WINDOW clauses")]:
+            if sel.args.get(arg):
+                raise _refuse(what)
+        rel = self.from_(sel)
+        where = sel.args.get("where")
+        if where is not None:
+            topn = self._topn_filter(rel, where.this)
+            rel = topn or self._filter(rel, where.this)
+        calls = [a for e in sel.expressions for a in _aggregates(e)]
+        having = sel.args.get("having")
+        if having is not None:
+            calls += _aggregates(having.this)
+        windows = [w for e in sel.expressions for w in e.find_all(exp.Window)]
+        if sel.args.get("group") or calls:
+            if windows:
+                raise _refuse("a window function over an aggregate in the same query level")
+            node = self.aggregate(rel, sel, calls)
+        elif windows:
+            node = self.over(rel, sel, windows)
+        else:
+            if self.eowc:
+                raise FeatureNotSupported("EMIT ON WINDOW CLOSE needs a windowed GROUP BY")
+            node = self.project(rel, sel)
+        if sel.args.get("distinct"):
+            node = self.distinct(node)
+        order, limit = sel.args.get("order"), sel.args.get("limit")
+        if limit is not None or sel.args.get("offset") is not None:
+            if order is None:
+                raise FeatureNotSupported(
+                    "LIMIT without ORDER BY picks arbitrary rows, which a view cannot maintain"
+                )
+            node = self.top_n(node, sel, order, limit, sel.args.get("offset"))
+        return node
+
+    # -- FROM ----------------------------------------------------------------------------
+
+    def from_(self, sel: exp.Select) -> Rel:
+        source = sel.args.get("from_")
+        if source is None:
+            raise _refuse("a query without FROM")
+        rel = self.table(source.this)
+        for join in sel.args.get("joins") or []:
+            rel = self.join(rel, join)
+        return rel
+
+    def table(self, t: exp.Expression) -> Rel:
+        if isinstance(t, exp.Subquery):
+            node = self.query(t.this)
+            return Rel(node, {(t.alias_or_name, c): c for c in node.names})
+        if not isinstance(t, exp.Table):
+            raise _refuse(f"FROM {t.sql('postgres')[:60]}")
+        alias = t.alias_or_name
+        if isinstance(t.this, exp.Anonymous):
+            return self.window(t.this, alias)
+        if not isinstance(t.this, exp.Identifier):
+            raise _refuse(f"FROM {t.sql('postgres')[:60]}")
+        name = t.name
+        if name in self.ctes and not t.args.get("db"):
+            node = self.query(self.ctes[name])
+            return Rel(node, {(alias, c): c for c in node.names})
+        return self.scan(name, alias)
+
+    def scan(self, name: str, alias: str) -> Rel:
+        info = self.resolve(name)
+        times = dict(info.times)
+        if info.watermark_column:
+            times[info.watermark_column] = TimeColumn("event")
+        node = Scan(
+            list(info.schema), info.retracting, [], times,
+            relation=info.name, kind=info.kind, watermark_sql=info.watermark_sql,
+        )  # fmt: skip
+        return Rel(node, {(alias, c.name): c.name for c in info.schema})
+
+    def window(self, func: exp.Anonymous, alias: str) -> Rel:
+        kind = func.name.lower()
+        args = func.expressions
+        if kind not in ("tumble", "hop") or len(args) != (3 if kind == "tumble" else 4):
             raise FeatureNotSupported(
-                f"non-deterministic function {name}() cannot be maintained in a view"
+                "window functions in FROM are TUMBLE(relation, time_column, size) and "
+                "HOP(relation, time_column, slide, size)"
+            )
+        base = self.scan(args[0].name, alias)
+        col = args[1].name
+        types = {c.name: c.type for c in base.node.columns}
+        if types.get(col) not in ("timestamp", "timestamptz"):
+            raise FeatureNotSupported(f'{kind.upper()} needs a timestamp column, "{col}" is not one')
+        size = args[-1].sql(D)
+        origin = (
+            "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
+            if types[col] == "timestamptz"
+            else "TIMESTAMP '1970-01-01 00:00:00'"
+        )
+        tc = q(col)
+        # Windows align to the Unix epoch, as in RisingWave and Flink (DuckDB's default
+        # origin for time_bucket is 2000-01-03).
+        if kind == "tumble":
+            start = f"time_bucket({size}, {tc}, {origin})"
+            sql = f"SELECT *, {start} AS window_start, {start} + {size} AS window_end FROM __in"
+        else:
+            slide = args[2].sql(D)
+            _positive(slide)
+            sql = (
+                "SELECT * EXCLUDE (__ws), __ws AS window_start, __ws + " + size + " AS window_end "
+                f"FROM (SELECT *, unnest(generate_series(time_bucket({slide}, {tc} - {size}, "
+                f"{origin}), time_bucket({slide}, {tc}, {origin}), {slide})) AS __ws FROM __in) "
+                f"WHERE __ws + {size} > {tc}"
+            )
+        _positive(size)
+        node = Stateless(
+            base.node.columns + [Column("window_start", types[col]), Column("window_end", types[col])],
+            base.node.retracting,
+            [base.node],
+            {
+                **base.node.times,
+                "window_start": TimeColumn("window_start", size),
+                "window_end": TimeColumn("window_end"),
+            },
+            sql=sql,
+            what=f"WindowAssign {kind.upper()}({col}, {size}"
+            + (f", slide {args[2].sql(D)})" if kind == "hop" else ")"),
+        )
+        bindings = dict(base.bindings)
+        bindings[(alias, "window_start")] = "window_start"
+        bindings[(alias, "window_end")] = "window_end"
+        return Rel(node, bindings)
+
+    # -- joins ---------------------------------------------------------------------------
+
+    def join(self, left: Rel, join: exp.Join) -> Rel:
+        right_table = join.this
+        temporal = isinstance(right_table, exp.Table) and right_table.args.get("version")
+        if temporal:
+            right_table = right_table.copy()
+            right_table.set("version", None)
+        right = self.table(right_table)
+        side = (join.side or "").lower()
+        kind = (join.kind or "").lower()
+        if kind in ("semi", "anti", "natural", "asof") or join.args.get("using"):
+            raise _refuse(f"{kind.upper() or 'USING'} joins")
+        if kind == "cross":
+            side = ""
+        on = join.args.get("on")
+        conjuncts = list(on.flatten()) if isinstance(on, exp.And) else ([on] if on else [])
+        lkeys, rkeys, residual = [], [], []
+        la, ra = left.aliases, right.aliases
+        for c in conjuncts:
+            if isinstance(c, exp.EQ):
+                lr, rr = references(c.this), references(c.expression)
+                if lr and rr and lr <= la and rr <= ra:
+                    lkeys.append(c.this)
+                    rkeys.append(c.expression)
+                    continue
+                if lr and rr and lr <= ra and rr <= la:
+                    lkeys.append(c.expression)
+                    rkeys.append(c.this)
+                    continue
+            residual.append(c)
+
+        # Output columns: the left's, then the right's (renamed where a name repeats).
+        names = list(left.node.names)
+        right_phys: dict[str, str] = {}
+        for c in right.node.names:
+            n = c
+            i = 1
+            while n in names:
+                n = f"{c}_{i}"
+                i += 1
+            names.append(n)
+            right_phys[c] = n
+        bindings = dict(left.bindings)
+        bindings.update({k: right_phys[v] for k, v in right.bindings.items()})
+        times = dict(left.node.times)
+        times.update({right_phys[c]: t for c, t in right.node.times.items()})
+        combined = Rel(left.node, {**{k: v for k, v in left.bindings.items()}})
+        rbind = Rel(right.node, right.bindings)
+
+        def both(expr: exp.Expression, lt: str, rt: str) -> str:
+            """An expression over a joined row: left columns from lt, right ones from rt."""
+
+            def rewrite(node: exp.Expression) -> exp.Expression:
+                if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
+                    if node.table in la or (not node.table and combined.physical(node)):
+                        return exp.column(combined.physical(node), table=lt, quoted=True)
+                    return exp.column(rbind.physical(node), table=rt, quoted=True)
+                return node
+
+            return expr.copy().transform(rewrite).sql(D)
+
+        select_cols = [f"l.{q(c)} AS {q(c)}" for c in left.node.names] + [
+            f"r.{q(c)} AS {q(right_phys[c])}" for c in right.node.names
+        ]
+        residual_sql = " AND ".join(both(c, "l", "r") for c in residual) or None
+        columns = [Column(n, c.type) for n, c in zip(names, left.node.columns + right.node.columns, strict=True)]
+
+        if temporal:
+            if side not in ("", "left") or not lkeys:
+                raise FeatureNotSupported(
+                    "a temporal join (FOR SYSTEM_TIME AS OF PROCTIME()) is an inner or left "
+                    "join on equality conditions"
+                )
+            if left.node.retracting:
+                raise FeatureNotSupported(
+                    "a temporal join needs an append-only stream on its left side"
+                )
+            node: Node = TemporalJoin(
+                columns, False, [left.node, right.node], dict(left.node.times),
+                left_keys=[compile_expr(k, left, "__in") for k in lkeys],
+                right_keys=[compile_expr(k, right, "__in") for k in rkeys],
+                select_sql=", ".join(select_cols), residual_sql=residual_sql, outer=side == "left",
+            )  # fmt: skip
+            return Rel(node, bindings)
+
+        if side == "" and lkeys and not left.node.retracting and not right.node.retracting:
+            node = DeltaJoin(
+                columns, False, [left.node, right.node], times,
+                left_keys=[compile_expr(k, left, "__in") for k in lkeys],
+                right_keys=[compile_expr(k, right, "__in") for k in rkeys],
+                select_sql=", ".join(select_cols), residual_sql=residual_sql,
+                expiry_sql=_expiry(residual, left, rbind, la),
+            )  # fmt: skip
+            return Rel(node, bindings)
+
+        # Every other join: recomputed per join key.
+        nkeys = len(lkeys)
+        key_of = {"": "l", "left": "l", "right": "r"}.get(side)
+        key_cols = [
+            f"{key_of}.__k{i}" if key_of else f"coalesce(l.__k{i}, r.__k{i})" for i in range(nkeys)
+        ]
+        on_sql = " AND ".join(
+            [f"l.__k{i} = r.__k{i}" for i in range(nkeys)] + ([residual_sql] if residual_sql else [])
+        ) or "TRUE"
+        join_sql = {"": "JOIN", "left": "LEFT JOIN", "right": "RIGHT JOIN", "full": "FULL JOIN"}[side]
+        query = (
+            f"SELECT {', '.join(f'{k} AS __k{i}' for i, k in enumerate(key_cols))}"
+            f"{', ' if key_cols else ''}{', '.join(select_cols)} "
+            f"FROM __r0 AS l {join_sql} __r1 AS r ON {on_sql}"
+        )
+        key_sql = [
+            [compile_expr(k, left, "__in") for k in lkeys],
+            [compile_expr(k, right, "__in") for k in rkeys],
+        ]
+        node = Recompute(
+            columns, True, [left.node, right.node], times,
+            what=f"Join {join_sql.replace(' JOIN', '').replace('JOIN', 'INNER')}",
+            key_sql=key_sql, key_types=_key_types(key_sql, [left.node, right.node]),
+            query_sql=query,
+        )  # fmt: skip
+        return Rel(node, bindings)
+
+    # -- WHERE, projections --------------------------------------------------------------
+
+    def _filter(self, rel: Rel, cond: exp.Expression) -> Rel:
+        _check_expr(cond)
+        node = Stateless(
+            rel.node.columns, rel.node.retracting, [rel.node], dict(rel.node.times),
+            sql=f"SELECT * FROM __in WHERE {compile_expr(cond, rel)}", what="Filter",
+        )  # fmt: skip
+        return Rel(node, rel.bindings)
+
+    def project(self, rel: Rel, sel: exp.Select) -> Node:
+        cols = []
+        times = {}
+        for e in sel.expressions:
+            _check_expr(e)
+            name = e.alias_or_name
+            inner = e.unalias()
+            cols.append(f"{compile_expr(inner, rel)} AS {q(name)}")
+            if isinstance(inner, exp.Column):
+                phys = rel.physical(inner)
+                if phys in rel.node.times:
+                    times[name] = rel.node.times[phys]
+        weight = ", __weight" if rel.node.retracting else ""
+        sql = f"SELECT {', '.join(cols)}{weight} FROM __in"
+        columns = describe(sql, {"__in": _empty(rel.node.columns, rel.node.retracting)})
+        return Stateless(columns, rel.node.retracting, [rel.node], times, sql=sql, what="Project")
+
+    # -- aggregates ----------------------------------------------------------------------
+
+    def aggregate(self, rel: Rel, sel: exp.Select, calls: list[exp.Expression]) -> Node:
+        group = sel.args.get("group")
+        key_exprs = list(group.expressions) if group else []
+        for e in [*sel.expressions, *key_exprs]:
+            _check_expr(e)
+        for c in calls:
+            inner, _ = unwrap(c)
+            if isinstance(inner, NONDETERMINISTIC):
+                raise FeatureNotSupported(
+                    f"{inner.sql('postgres')} depends on the order rows arrive in; a view "
+                    "cannot maintain it"
+                )
+        if foldable(calls, rel.node.retracting):
+            return self._fold(rel, sel, key_exprs, calls)
+        return self._recompute_aggregate(rel, sel, key_exprs)
+
+    def _window_key(self, rel: Rel, key: exp.Expression) -> TimeColumn | None:
+        if isinstance(key, exp.Column):
+            phys = rel.physical(key)
+            t = rel.node.times.get(phys) if phys else None
+            if t and t.kind in ("window_start", "window_end"):
+                return t
+        return None
+
+    def _fold(
+        self, rel: Rel, sel: exp.Select, key_exprs: list[exp.Expression], calls: list[exp.Expression]
+    ) -> Node:
+        weighted = rel.node.retracting
+        keys: list[tuple[str, exp.Expression]] = []
+        used: set[str] = set()
+        for i, k in enumerate(key_exprs):
+            base = k.name if isinstance(k, exp.Column) else f"key{i}"
+            kname = base if base not in used and not base.startswith("_") else f"{base}_{i}"
+            used.add(kname)
+            keys.append((kname, k))
+        key_by_sql = {k.sql(D): kname for kname, k in keys}
+        pre_cols = [f"{compile_expr(k, rel)} AS {q(kname)}" for kname, k in keys]
+        accs = [
+            Accumulator(
+                "_rows", "BIGINT", "sum(__weight)" if weighted else "count(*)",
+                'coalesce(o."_rows", 0) + coalesce(p."_rows", 0)',
+            )
+        ]  # fmt: skip
+        empty_in = {"__in": _empty(rel.node.columns, weighted)}
+        finals: dict[str, str] = {}
+        described: list[str] = []
+        for call in calls:
+            text = call.sql(D)
+            if text in finals:
+                continue
+            i = len(finals)
+            inner, cond = unwrap(call)
+            arg = arg_type = cond_col = None
+            if not isinstance(inner.this, exp.Star) and inner.this is not None:
+                arg = f"__a{i}"
+                arg_sql = compile_expr(inner.this, rel)
+                pre_cols.append(f"{arg_sql} AS {arg}")
+                arg_type = _duck_types(f"SELECT {arg_sql} AS t FROM __in", empty_in)["t"]
+            if cond is not None:
+                cond_col = f"__c{i}"
+                pre_cols.append(f"{compile_expr(cond, rel)} AS {cond_col}")
+            new, final = accumulators(inner, i, arg, cond_col, arg_type, weighted=weighted)
+            accs += new
+            finals[text] = final
+            described.append(_plain(call))
+        if weighted:
+            pre_cols.append("__weight")
+        pre_sql = f"SELECT {', '.join(pre_cols) or 'TRUE AS __none'} FROM __in"
+        key_types = _duck_types(pre_sql, empty_in)
+
+        def over_state(node: exp.Expression) -> exp.Expression:
+            if isinstance(node, (*FOLDABLE, exp.Filter)) and node.sql(D) in finals:
+                return sqlglot.parse_one(finals[node.sql(D)], read=D)
+            kname = key_by_sql.get(node.sql(D)) if not isinstance(node, exp.Literal) else None
+            if kname:
+                return exp.column(kname, quoted=True)
+            return node
+
+        def rewrite(e: exp.Expression) -> str:
+            out = e.copy().transform(over_state)
+            for col in out.find_all(exp.Column):
+                if col.table:
+                    raise FeatureNotSupported(
+                        f'column "{col.name}" must appear in the GROUP BY clause or be used in '
+                        "an aggregate function"
+                    )
+            return out.sql(D)
+
+        names = [e.alias_or_name for e in sel.expressions]
+        project = f"SELECT {', '.join(f'{rewrite(e.unalias())} AS {q(n)}' for e, n in zip(sel.expressions, names, strict=True))} FROM __st AS s"
+        having = sel.args.get("having")
+        if having is not None:
+            project += f" WHERE {rewrite(having.this)}"
+        window_end = None
+        times = {}
+        for kname, k in keys:
+            t = self._window_key(rel, k)
+            if t and window_end is None and t.end_sql(f"s.{q(kname)}"):
+                window_end = t.end_sql(f"s.{q(kname)}")
+        for e, n in zip(sel.expressions, names, strict=True):
+            kname = key_by_sql.get(e.unalias().sql(D))
+            if kname:
+                t = self._window_key(rel, dict(keys)[kname])
+                if t:
+                    times[n] = t
+        self._check_eowc(window_end)
+        state_cols = [(k, key_types[k]) for k, _ in keys] + [(a.name, a.duck_type) for a in accs]
+        columns = describe(project, {"__st": _empty([], False, state_cols)})
+        return Aggregate(
+            columns, not self.eowc, [rel.node], times,
+            keys=[(k, key_types[k]) for k, _ in keys], accumulators=accs, pre_sql=pre_sql,
+            project_sql=project, window_end_sql=window_end if _has_watermark(rel) else None,
+            emit_on_window_close=self.eowc, calls=described,
+        )  # fmt: skip
+
+    def _check_eowc(self, window_end: str | None) -> None:
+        if self.eowc and window_end is None:
+            raise FeatureNotSupported(
+                "EMIT ON WINDOW CLOSE needs window_start or window_end in the GROUP BY"
+            )
+
+    def _recompute_aggregate(
+        self, rel: Rel, sel: exp.Select, key_exprs: list[exp.Expression]
+    ) -> Node:
+        keys = [compile_expr(k, rel) for k in key_exprs]
+        names = [e.alias_or_name for e in sel.expressions]
+        exprs = [
+            compile_expr(e.unalias().copy().transform(deterministic), rel) for e in sel.expressions
+        ]
+        select = [f"{k} AS __k{i}" for i, k in enumerate(keys)]
+        select += [f"{e} AS {q(n)}" for e, n in zip(exprs, names, strict=True)]
+        query = f"SELECT {', '.join(select)} FROM __r0 AS __in"
+        if keys:
+            query += f" GROUP BY {', '.join(keys)}"
+        having = sel.args.get("having")
+        if having is not None:
+            query += f" HAVING {compile_expr(having.this, rel)}"
+        window_end = None
+        times = {}
+        for i, k in enumerate(key_exprs):
+            t = self._window_key(rel, k)
+            if t and window_end is None and t.end_sql(f"a.__k{i}"):
+                window_end = t.end_sql(f"a.__k{i}")
+        for e, n in zip(sel.expressions, names, strict=True):
+            t = self._window_key(rel, e.unalias())
+            if t:
+                times[n] = t
+        self._check_eowc(window_end)
+        key_sql = [keys]
+        columns = describe(
+            query, {"__r0": _empty(rel.node.columns, False, _key_cols(key_sql, [rel.node]))}
+        )
+        return Recompute(
+            columns, not self.eowc, [rel.node], times, what="Aggregate",
+            key_sql=key_sql, key_types=_key_types(key_sql, [rel.node]), query_sql=query,
+            window_end_sql=window_end if _has_watermark(rel) else None,
+            emit_on_window_close=self.eowc,
+        )  # fmt: skip
+
+    # -- window functions, DISTINCT, Top-N -----------------------------------------------
+
+    def over(self, rel: Rel, sel: exp.Select, windows: list[exp.Window]) -> Node:
+        if self.eowc:
+            raise FeatureNotSupported("EMIT ON WINDOW CLOSE needs a windowed GROUP BY")
+        partitions = {tuple(p.sql(D) for p in w.args.get("partition_by") or []) for w in windows}
+        if len(partitions) != 1:
+            raise _refuse("window functions with different PARTITION BY in one query level")
+        partition = list(windows[0].args.get("partition_by") or [])
+        keys = [compile_expr(p, rel) for p in partition]
+        # Ties are broken by every column, so recomputing a partition ranks rows as before.
+        tiebreak = [exp.Ordered(this=exp.column(c, table="__in", quoted=True)) for c in rel.node.names]
+
+        def with_tiebreak(node: exp.Expression) -> exp.Expression:
+            if isinstance(node, exp.Window) and node.args.get("order") is not None:
+                order = node.args["order"]
+                order.set("expressions", [*order.expressions, *[t.copy() for t in tiebreak]])
+            return node
+
+        names = [e.alias_or_name for e in sel.expressions]
+        exprs = []
+        for e, n in zip(sel.expressions, names, strict=True):
+            _check_expr(e, allow_window=True)
+            compiled = sqlglot.parse_one(compile_expr(e.unalias(), rel), read=D)
+            exprs.append(f"{compiled.transform(with_tiebreak).sql(D)} AS {q(n)}")
+        select = [f"{k} AS __k{i}" for i, k in enumerate(keys)] + exprs
+        query = f"SELECT {', '.join(select)} FROM __r0 AS __in"
+        key_sql = [keys]
+        columns = describe(
+            query, {"__r0": _empty(rel.node.columns, False, _key_cols(key_sql, [rel.node]))}
+        )
+        return Recompute(
+            columns, True, [rel.node], {}, what="Over (window functions)",
+            key_sql=key_sql, key_types=_key_types(key_sql, [rel.node]), query_sql=query,
+        )  # fmt: skip
+
+    def _topn_filter(self, rel: Rel, cond: exp.Expression) -> Rel | None:
+        """``WHERE rn <= N`` over a subquery of window functions: filter inside the recompute,
+        so only the top rows are output (and, over append-only input, kept)."""
+        node = rel.node
+        if not (isinstance(node, Recompute) and node.what.startswith("Over")):
+            return None
+        filtered = f"SELECT * FROM ({node.query_sql}) AS __in WHERE {compile_expr(cond, rel)}"
+        new = Recompute(
+            node.columns, True, node.inputs, {}, what="TopN (row_number filter)",
+            key_sql=node.key_sql, key_types=node.key_types, query_sql=filtered,
+        )  # fmt: skip
+        return Rel(new, rel.bindings)
+
+    def distinct(self, node: Node) -> Node:
+        keys = [f"__in.{q(c)}" for c in node.names]
+        select = [f"{k} AS __k{i}" for i, k in enumerate(keys)] + [f"__in.{q(c)}" for c in node.names]
+        key_sql = [keys]
+        return Recompute(
+            node.columns, True, [node], dict(node.times), what="Distinct",
+            key_sql=key_sql, key_types=_key_types(key_sql, [node]),
+            query_sql=f"SELECT DISTINCT {', '.join(select)} FROM __r0 AS __in",
+        )  # fmt: skip
+
+    def top_n(
+        self, node: Node, sel: exp.Select, order: exp.Order, limit: exp.Expression | None,
+        offset: exp.Expression | None,
+    ) -> Node:  # fmt: skip
+        names = set(node.names)
+        by = []
+        for o in order.expressions:
+            e = o.this
+            if isinstance(e, exp.Column) and e.name in names:
+                ref = f"__in.{q(e.name)}"
+            else:
+                match = [x.alias_or_name for x in sel.expressions if x.unalias() == e]
+                if not match:
+                    raise _refuse("ORDER BY an expression that is not in the select list")
+                ref = f"__in.{q(match[0])}"
+            direction = " DESC" if o.args.get("desc") else ""
+            nulls = " NULLS FIRST" if o.args.get("nulls_first") else " NULLS LAST"
+            by.append(ref + direction + nulls)
+        by += [f"__in.{q(c)}" for c in node.names]  # ties broken the same way every time
+        query = f"SELECT {', '.join(f'__in.{q(c)}' for c in node.names)} FROM __r0 AS __in ORDER BY {', '.join(by)}"
+        if limit is not None:
+            query += f" LIMIT {limit.expression.sql(D)}"
+        if offset is not None:
+            query += f" OFFSET {offset.expression.sql(D)}"
+        return Recompute(
+            node.columns, True, [node], {}, what="TopN (ORDER BY ... LIMIT)",
+            key_sql=[[]], key_types=[], query_sql=query,
+        )  # fmt: skip
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _aggregates(e: exp.Expression) -> list[exp.Expression]:
+    """Aggregate calls in an expression (with their FILTER), not inside window functions."""
+    out: list[exp.Expression] = []
+
+    def walk(node: exp.Expression) -> None:
+        if isinstance(node, exp.Window):
+            return
+        if isinstance(node, exp.Filter) and isinstance(node.this, exp.AggFunc):
+            out.append(node)
+            return
+        if isinstance(node, exp.AggFunc):
+            out.append(node)
+            return
+        for child in node.iter_expressions():
+            walk(child)
+
+    walk(e)
+    return out
+
+
+def _plain(call: exp.Expression) -> str:
+    return call.transform(
+        lambda n: exp.column(n.name) if isinstance(n, exp.Column) else n
+    ).sql("postgres")
+
+
+def _check_expr(e: exp.Expression, allow_window: bool = False) -> None:
+    for node in e.find_all(exp.Subquery, exp.Exists):
+        raise _refuse(f"the subquery {node.sql('postgres')[:60]} (correlated or in this place)")
+    if not allow_window:
+        for node in e.find_all(exp.Window):
+            raise _refuse(f"the window function {node.sql('postgres')[:60]} here")
+    for node in e.find_all(exp.Func):
+        name = node.name.lower() if isinstance(node, exp.Anonymous) else node.key.lower()
+        sql_name = node.sql_name().lower() if hasattr(node, "sql_name") else name
+        if name in _NONDETERMINISTIC_FUNCS or sql_name in _NONDETERMINISTIC_FUNCS or isinstance(
+            node, exp.Rand | exp.CurrentTimestamp | exp.CurrentDate | exp.CurrentTime
+        ):
+            raise FeatureNotSupported(
+                f"non-deterministic function {node.sql('postgres')} cannot be maintained in a view"
             )
 
 
-def _from(select: exp.Select) -> tuple[exp.Table, str, exp.Anonymous | None]:
-    source = select.args.get("from_") or select.args.get("from")
-    if source is None:
-        raise _refuse("a query without FROM")
-    table = source.this
-    if not isinstance(table, exp.Table):
-        raise _refuse(f"FROM {table.sql('postgres')[:60]}")
-    alias = table.alias_or_name
-    func = table.this if isinstance(table.this, exp.Anonymous) else None
-    return table, alias, func
+def _positive(interval_sql: str) -> None:
+    us = duckdb.sql(f"SELECT epoch_us(TIMESTAMP '1970-01-01' + {interval_sql})").fetchall()[0][0]
+    if us <= 0:
+        raise FeatureNotSupported("a window size must be a positive interval")
 
 
-def _window(func: exp.Anonymous, info: RelationInfo) -> tuple[str, WindowAssign]:
-    name = func.name.lower()
-    if name != "tumble":
-        raise _refuse(f"the {name.upper()} window")
-    args = func.expressions
-    if len(args) != 3:
-        raise FeatureNotSupported("TUMBLE takes (relation, time column, interval)")
-    relation, time_col, size = args
-    col = time_col.name
-    types = {c.name: c.type for c in info.schema}
-    if types.get(col) not in ("timestamp", "timestamptz"):
-        raise FeatureNotSupported(f'TUMBLE needs a timestamp column, "{col}" is {types.get(col)}')
-    size_sql = size.sql(D)
-    return relation.name, WindowAssign("tumble", col, size_sql, _interval_us(size_sql), types[col])
+def _has_watermark(rel: Rel) -> bool:
+    def walk(n: Node) -> bool:
+        if isinstance(n, Scan):
+            return bool(n.watermark_sql) or bool(n.times)
+        return any(walk(i) for i in n.inputs)
+
+    return walk(rel.node)
 
 
-def _window_sql(w: WindowAssign) -> str:
-    origin = (
-        "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
-        if w.time_type == "timestamptz"
-        else "TIMESTAMP '1970-01-01 00:00:00'"
-    )
-    # Windows align to the Unix epoch, as in RisingWave and Flink (DuckDB's default origin
-    # is 2000-01-03, which shifts windows whose size does not divide a week).
-    start = f"time_bucket({w.size_sql}, {_q(w.time_column)}, {origin})"
-    return f"(SELECT *, {start} AS window_start, {start} + {w.size_sql} AS window_end FROM __in)"
+def _key_cols(key_sql: list[list[str]], inputs: list[Node]) -> list[tuple[str, str]]:
+    return [(f"__k{i}", t) for i, t in enumerate(_key_types(key_sql, inputs))]
 
 
-_AGGS = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)
+def _key_types(key_sql: list[list[str]], inputs: list[Node]) -> list[str]:
+    """DuckDB types of the key columns (from the first input; the others are cast to them)."""
+    if not key_sql or not key_sql[0]:
+        return []
+    node = inputs[0]
+    select = ", ".join(f"{k} AS __k{i}" for i, k in enumerate(key_sql[0]))
+    types = _duck_types(f"SELECT {select} FROM __in", {"__in": _empty(node.columns)})
+    return [types[f"__k{i}"] for i in range(len(key_sql[0]))]
 
 
-def _accumulators(
-    call: exp.AggFunc, i: int, arg: str | None, arg_type: str | None, weighted: bool
-) -> tuple[list[Accumulator], str]:
-    """State columns of one aggregate call and the SQL computing its value from them."""
-    w = "__weight" if weighted else None
+def _side_time(e: exp.Expression, left: Rel, right: Rel, la: set[str]) -> tuple[int, str, str] | None:
+    """(side, column SQL over that side's rows, offset SQL) for ``col [+-] INTERVAL``."""
+    offset = "INTERVAL 0 SECOND"
+    if isinstance(e, exp.Add | exp.Sub) and isinstance(e.expression, exp.Interval):
+        sign = "" if isinstance(e, exp.Add) else "-"
+        offset = f"{sign}{e.expression.sql(D)}"
+        e = e.this
+    if not isinstance(e, exp.Column):
+        return None
+    side = 0 if e.table in la else 1
+    rel = left if side == 0 else right
+    phys = rel.physical(e)
+    if phys is None or rel.node.times.get(phys, TimeColumn("none")).kind != "event":
+        return None
+    return side, f"s.{q(phys)}", offset
 
-    def counter(name: str) -> Accumulator:
-        partial = f"sum(CASE WHEN {arg} IS NOT NULL THEN {w} ELSE 0 END)" if w else f"count({arg})"
-        return Accumulator(
-            name, "BIGINT", partial, f"coalesce(o.{_q(name)}, 0) + coalesce(p.{_q(name)}, 0)"
-        )
 
-    if isinstance(call, exp.Count) and arg is None:
-        return [], '"_rows"'
-    if isinstance(call, exp.Count):
-        n = f"_count{i}"
-        return [counter(n)], _q(n)
-    nn = f"_nonnull{i}"
-    nonnull = counter(nn)
-    if isinstance(call, exp.Sum | exp.Avg):
-        s = f"_sum{i}"
-        sum_type = duckdb.sql(f"SELECT typeof(sum(NULL::{arg_type}))").fetchall()[0][0]
-        acc = Accumulator(
-            s,
-            sum_type,
-            f"sum({arg} * {w})" if w else f"sum({arg})",
-            f"CASE WHEN o.{_q(s)} IS NULL THEN p.{_q(s)} WHEN p.{_q(s)} IS NULL THEN o.{_q(s)} "
-            f"ELSE o.{_q(s)} + p.{_q(s)} END",
-        )
-        if isinstance(call, exp.Sum):
-            return [acc, nonnull], f"CASE WHEN {_q(nn)} > 0 THEN {_q(s)} END"
-        return [acc, nonnull], f"CASE WHEN {_q(nn)} > 0 THEN {_q(s)}::DOUBLE / {_q(nn)} END"
-    if weighted:
-        raise FeatureNotSupported(
-            f"{call.key}() over an input with updates or deletes is not supported yet"
-        )
-    m = f"_{call.key}{i}"
-    fn = "least" if isinstance(call, exp.Min) else "greatest"
-    return [
-        Accumulator(m, arg_type or "VARCHAR", f"{call.key}({arg})", f"{fn}(o.{_q(m)}, p.{_q(m)})")
-    ], _q(m)
+def _expiry(residual: list[exp.Expression], left: Rel, right: Rel, la: set[str]) -> list[str | None]:
+    """When a row of each side of an interval join can no longer match: from conditions like
+    ``a.ts BETWEEN b.ts - INTERVAL '5' SECOND AND b.ts + INTERVAL '5' SECOND``."""
+    comparisons: list[tuple[exp.Expression, exp.Expression]] = []  # (smaller, larger)
+    for c in residual:
+        if isinstance(c, exp.Between):
+            comparisons += [(c.args["low"], c.this), (c.this, c.args["high"])]
+        elif isinstance(c, exp.LTE | exp.LT):
+            comparisons.append((c.this, c.expression))
+        elif isinstance(c, exp.GTE | exp.GT):
+            comparisons.append((c.expression, c.this))
+    out: list[list[str]] = [[], []]
+    for small, large in comparisons:
+        s, g = _side_time(small, left, right, la), _side_time(large, left, right, la)
+        if not s or not g or s[0] == g[0]:
+            continue
+        # small.t + so <= large.t + go: a row of small's side meets only rows of the other
+        # side with t >= small.t + so - go, which future rows (t >= watermark) always are; a
+        # row of large's side meets only rows with t <= large.t + go - so: once the
+        # watermark passes that, it can never match again.
+        out[g[0]].append(f"({g[1]} + {g[2]} - {s[2]})")
+    return [f"least({', '.join(x)})" if len(x) > 1 else (x[0] if x else None) for x in out]
+
+
+def rewrite(query: exp.Expression) -> exp.Expression:
+    """sqlglot's rewrites the planner relies on: IN/EXISTS become (semi/anti) joins and
+    scalar subqueries cross joins."""
+    return unnest_subqueries(query.copy())
 
 
 def plan_query(
     name: str,
     query: exp.Query,
-    schema: Schema,
     resolve: Callable[[str], RelationInfo],
     *,
     emit_on_window_close: bool = False,
 ) -> QueryPlan:
     """Plan a bound query (columns qualified, ``*`` expanded) for incremental maintenance."""
-    select = query.copy()
-    _check_shape(select)
-    table, alias, func = _from(select)
-    window = None
-    if func is not None:
-        relation = func.expressions[0].name
-        info = resolve(relation)
-        _, window = _window(func, info)
-    else:
-        info = resolve(table.name)
-    if not info.append_only:
-        raise FeatureNotSupported(
-            f'reading "{info.name}", which has updates or deletes, is not supported yet'
-        )
-    weighted = not info.append_only
-    scan = Scan(info.name, alias, info.schema, info.append_only, info.watermark_column, info.watermark_sql)
-    from_sql = _window_sql(window) if window else "__in"
-    where = select.args.get("where")
-    where_sql = where.this.sql(D) if where else None
-    tail = f" FROM {from_sql} AS {_q(alias)}" + (f" WHERE {where_sql}" if where_sql else "")
+    root = Planner(name, resolve, emit_on_window_close).query(rewrite(query))
+    from sqlstream.plan.fuse import fuse
 
-    group = select.args.get("group")
-    aggs = [a for e in select.expressions for a in e.find_all(*_AGGS)]
-    having = select.args.get("having")
-    if having:
-        aggs += list(having.find_all(*_AGGS))
-    for node in select.find_all(exp.AggFunc):
-        if not isinstance(node, _AGGS):
-            raise _refuse(f"the aggregate {node.sql('postgres')[:60]}")
-
-    outputs = [c.name for c in schema]
-    if not group and not aggs:
-        if emit_on_window_close:
-            raise FeatureNotSupported("EMIT ON WINDOW CLOSE needs a windowed GROUP BY")
-        cols = [
-            f"{e.unalias().sql(D)} AS {_q(n)}" for e, n in zip(select.expressions, outputs, strict=True)
-        ]
-        sql = f"SELECT {', '.join(cols)}{', __weight' if weighted else ''}{tail}"
-        return _finish(
-            QueryPlan(name, scan, window, Stateless(sql, where_sql, outputs), None, None, schema, weighted),
-            info,
-        )
-
-    # Group keys: state columns named after the grouped column where there is one.
-    key_exprs = list(group.expressions) if group else []
-    keys: list[tuple[str, exp.Expression]] = []
-    used: set[str] = set()
-    for i, k in enumerate(key_exprs):
-        base = k.name if isinstance(k, exp.Column) else f"key{i}"
-        kname = base if base not in used and not base.startswith("_") else f"{base}_{i}"
-        used.add(kname)
-        keys.append((kname, k))
-    key_sql = {k.sql(D): kname for kname, k in keys}
-
-    # Aggregate arguments, computed in the stateless statement.
-    pre_cols = [f"{k.sql(D)} AS {_q(kname)}" for kname, k in keys]
-    accs: list[Accumulator] = [
-        Accumulator(
-            "_rows",
-            "BIGINT",
-            "sum(__weight)" if weighted else "count(*)",
-            'coalesce(o."_rows", 0) + coalesce(p."_rows", 0)',
-        )
-    ]
-    finals: dict[int, str] = {}
-    describe = []
-    seen_calls: dict[str, int] = {}
-    for call in aggs:
-        if call.args.get("distinct") or isinstance(call.this, exp.Distinct):
-            raise _refuse(f"{call.sql('postgres')} (DISTINCT aggregates)")
-        text = call.sql(D)
-        if text in seen_calls:
-            finals[id(call)] = finals[seen_calls[text]]
-            continue
-        i = len(seen_calls)
-        seen_calls[text] = id(call)
-        arg = None
-        arg_type = None
-        if not isinstance(call.this, exp.Star):
-            arg = f"__a{i}"
-            pre_cols.append(f"{call.this.sql(D)} AS {arg}")
-            arg_type = _expr_type(call.this, from_sql, alias, info)
-        new_accs, final = _accumulators(call, i, arg, arg_type, weighted)
-        accs += new_accs
-        finals[id(call)] = final
-        describe.append(
-            call.transform(
-                lambda n: exp.column(n.name) if isinstance(n, exp.Column) else n
-            ).sql("postgres")
-        )
-    if weighted:
-        pre_cols.append("__weight")
-    pre_sql = f"SELECT {', '.join(pre_cols) or 'TRUE AS __none'}{tail}"
-
-    # The select list over state rows: group keys and aggregate calls replaced.
-    def over_state(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, _AGGS) and id(node) in finals:
-            return sqlglot.parse_one(finals[id(node)], read=D)
-        kname = key_sql.get(node.sql(D)) if not isinstance(node, exp.Literal) else None
-        if kname:
-            return exp.column(kname, quoted=True)
-        return node
-
-    def rewrite(e: exp.Expression) -> str:
-        # In place (copy=False): the aggregate calls are recognised by identity.
-        out = e.transform(over_state, copy=False)
-        for col in out.find_all(exp.Column):
-            if col.table:
-                raise FeatureNotSupported(
-                    f'column "{col.name}" must appear in the GROUP BY clause or be used in an '
-                    "aggregate function"
-                )
-        return out.sql(D)
-
-    post_cols = [
-        f"{rewrite(e.unalias())} AS {_q(n)}" for e, n in zip(select.expressions, outputs, strict=True)
-    ]
-    post_sql = f"SELECT {', '.join(post_cols)} FROM __st AS s"
-    if having:
-        post_sql += f" WHERE {rewrite(having.this)}"
-
-    key_types = _key_types(pre_sql, [k for k, _ in keys], info, window)
-    window_end_sql = None
-    if window:
-        for kname, k in keys:
-            if isinstance(k, exp.Column) and k.name == "window_end":
-                window_end_sql = f"s.{_q(kname)}"
-            elif isinstance(k, exp.Column) and k.name == "window_start" and window_end_sql is None:
-                window_end_sql = f"(s.{_q(kname)} + {window.size_sql})"
-    if emit_on_window_close:
-        if window_end_sql is None:
-            raise FeatureNotSupported(
-                "EMIT ON WINDOW CLOSE needs window_start or window_end in the GROUP BY"
-            )
-        if info.watermark_column is None:
-            raise FeatureNotSupported(
-                f'EMIT ON WINDOW CLOSE needs a WATERMARK FOR on "{info.name}"'
-            )
-    agg = Aggregate(
-        keys=list(zip([k for k, _ in keys], key_types, strict=True)),
-        accumulators=accs,
-        window_end_sql=window_end_sql if info.watermark_column else None,
-        emit_on_window_close=emit_on_window_close,
-        describe=describe,
-    )
-    plan = QueryPlan(
-        name,
-        scan,
-        window,
-        Stateless(pre_sql, where_sql, [c.split(" AS ")[-1] for c in pre_cols]),
-        agg,
-        Project(post_sql),
-        schema,
-        retracting=not emit_on_window_close,
-    )
-    return _finish(plan, info)
-
-
-def _on_empty_input(sql: str, info: RelationInfo) -> str:
-    return re.sub(r"\b__in\b", lambda _: _empty_input(info), sql)
-
-
-def _empty_input(info: RelationInfo) -> str:
-    cols = ", ".join(f"NULL::{duckdb_type(c.type)} AS {_q(c.name)}" for c in info.schema)
-    return f"(SELECT {cols} LIMIT 0)"
-
-
-def _expr_type(expr: exp.Expression, from_sql: str, alias: str, info: RelationInfo) -> str:
-    """DuckDB's type for an expression over the input, found by describing it on no rows."""
-    src = _on_empty_input(from_sql, info)
-    return str(duckdb.sql(f"SELECT {expr.sql(D)} FROM {src} AS {_q(alias)}").types[0])
-
-
-def _key_types(
-    pre_sql: str, keys: list[str], info: RelationInfo, window: WindowAssign | None
-) -> list[str]:
-    if not keys:
-        return []
-    rel = duckdb.sql(_on_empty_input(pre_sql, info))
-    types = dict(zip(rel.columns, [str(t) for t in rel.types], strict=True))
-    return [types[k] for k in keys]
-
-
-def _output_schema(plan: QueryPlan, info: RelationInfo) -> Schema:
-    """The output columns with the types DuckDB actually produces (``sum(bigint)`` is a
-    HUGEINT there, so ``numeric(38,0)``, as Postgres' ``numeric``), found by running the
-    plan's SQL over no rows."""
-    if plan.aggregate is None:
-        rel = duckdb.sql(_on_empty_input(plan.stateless.sql, info))
-    else:
-        assert plan.project is not None
-        state_cols = plan.aggregate.keys + [(a.name, a.duck_type) for a in plan.aggregate.accumulators]
-        empty = ", ".join(f"NULL::{t} AS {_q(n)}" for n, t in state_cols)
-        rel = duckdb.sql(plan.project.sql.replace("__st", f"(SELECT {empty} LIMIT 0)"))
-    types = dict(zip(rel.columns, [str(t) for t in rel.types], strict=True))
-    return [Column(c.name, from_duckdb(types[c.name])) for c in plan.schema]
-
-
-def _finish(plan: QueryPlan, info: RelationInfo) -> QueryPlan:
-    plan.schema = _output_schema(plan, info)
-    text = "\n".join(
-        [plan.stateless.sql, plan.project.sql if plan.project else ""]
-        + [f"{a.name}:{a.duck_type}:{a.partial_sql}" for a in (plan.aggregate.accumulators if plan.aggregate else [])]
-    )
-    plan.fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+    root = fuse(root)
+    plan = QueryPlan(name, root)
+    plan.fingerprint = hashlib.sha256(_fingerprint_text(root).encode()).hexdigest()[:16]
     return plan
+
+
+def _fingerprint_text(node: Node) -> str:
+    parts = [type(node).__name__, repr([(c.name, c.type) for c in node.columns])]
+    for attr in ("sql", "pre_sql", "project_sql", "query_sql", "select_sql", "relation"):
+        if hasattr(node, attr):
+            parts.append(str(getattr(node, attr)))
+    if isinstance(node, Aggregate):
+        parts += [f"{a.name}:{a.duck_type}:{a.partial_sql}" for a in node.accumulators]
+    return "\n".join(parts + [_fingerprint_text(i) for i in node.inputs])

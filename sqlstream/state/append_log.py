@@ -11,6 +11,8 @@ id is the key the vnode is computed from.
 >>> log.append(pa.table({"a": [5, 6]}))
 >>> log.row_count(), log.pending_rows()
 (2, 2)
+>>> log.delete_where("s.a < 6"), log.row_count()
+(1, 1)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class AppendLog:
         self.next_row = 0
         #: rows with an id below this are in Postgres already
         self.checkpointed = 0
+        self.gone = qi(f"gone_{operator_id}")
 
     @property
     def pg_table(self) -> sql.Identifier:
@@ -47,6 +50,7 @@ class AppendLog:
     def create(self) -> None:
         cols = ", ".join(f"{qi(n)} {t}" for n, t in [(ROW_ID, "BIGINT"), *self.columns])
         self.con.execute(f"CREATE OR REPLACE TABLE {self.table} ({cols})")
+        self.con.execute(f"CREATE OR REPLACE TABLE {self.gone} ({qi(ROW_ID)} BIGINT)")
         self.next_row = self.checkpointed = 0
 
     def append(self, rows: pa.Table) -> None:
@@ -59,8 +63,18 @@ class AppendLog:
             self.con.unregister("__append")
         self.next_row += rows.num_rows
 
+    def delete_where(self, condition: str) -> int:
+        """Drop rows matching ``condition`` (over alias ``s``), e.g. behind the watermark."""
+        self.con.execute(
+            f"INSERT INTO {self.gone} SELECT s.{qi(ROW_ID)} FROM {self.table} s "
+            f"WHERE ({condition}) AND s.{qi(ROW_ID)} < {self.checkpointed}"
+        )
+        before = self.row_count()
+        self.con.execute(f"DELETE FROM {self.table} AS s WHERE {condition}")
+        return before - self.row_count()
+
     def row_count(self) -> int:
-        return self.next_row
+        return self.con.sql(f"SELECT count(*) FROM {self.table}").fetchall()[0][0]
 
     def pending_rows(self) -> int:
         return self.next_row - self.checkpointed
@@ -77,15 +91,26 @@ class AppendLog:
         cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self.pg_table, cols))
 
     def pg_write_delta(self, cur: psycopg.Cursor) -> tuple[int, int]:
+        gone = self.con.sql(f"SELECT * FROM {self.gone}").to_arrow_table()
+        if gone.num_rows:
+            tmp = sql.Identifier(f"_gone_{self.operator_id}")
+            cur.execute(sql.SQL("CREATE TEMP TABLE {} (__row bigint) ON COMMIT DROP").format(tmp))
+            copy_in(cur, tmp, gone)
+            cur.execute(
+                sql.SQL("DELETE FROM {} t USING {} g WHERE t.__row = g.__row").format(
+                    self.pg_table, tmp
+                )
+            )
+            self.con.execute(f"DELETE FROM {self.gone}")
         if self.next_row == self.checkpointed:
-            return 0, 0
+            return 0, gone.num_rows
         rows = self.con.sql(
             f"SELECT (md5_number({qi(ROW_ID)}::VARCHAR) % 256)::SMALLINT AS vnode, * "
             f"FROM {self.table} WHERE {qi(ROW_ID)} >= {self.checkpointed}"
         ).to_arrow_table()
         copy_in(cur, self.pg_table, rows)
         self.checkpointed = self.next_row
-        return rows.num_rows, 0
+        return rows.num_rows, gone.num_rows
 
     def pg_load(self, conn: psycopg.Connection) -> int:
         self.create()

@@ -1,0 +1,117 @@
+"""Which aggregates can be folded into accumulators, and how.
+
+``count``, ``sum`` and ``avg`` are sums of weights and values, so they survive retractions;
+``min`` and ``max`` fold only over append-only input (deleting the current extreme needs the
+other values). Each may carry ``FILTER (WHERE ...)``. Everything else — DISTINCT aggregates,
+``string_agg``, ``array_agg``, ``bool_and``/``bool_or``, ``min``/``max`` under retractions —
+is maintained by recomputing the touched groups (:class:`~sqlstream.plan.nodes.Recompute`).
+
+>>> import sqlglot
+>>> call = sqlglot.parse_one("sum(x)")
+>>> accs, final = accumulators(call, 0, "__a0", None, "BIGINT", weighted=False)
+>>> [a.name for a in accs], final
+(['_sum0', '_nonnull0'], 'CASE WHEN "_nonnull0" > 0 THEN "_sum0" END')
+"""
+
+from __future__ import annotations
+
+import duckdb
+from sqlglot import exp
+
+from sqlstream.plan.nodes import Accumulator
+from sqlstream.plan.scope import q
+
+FOLDABLE = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)
+#: aggregates whose value depends on the order rows happen to arrive in: refused in views
+NONDETERMINISTIC = tuple(
+    getattr(exp, n) for n in ("AnyValue", "First", "Last") if hasattr(exp, n)
+)
+
+
+def unwrap(call: exp.Expression) -> tuple[exp.Expression, exp.Expression | None]:
+    """(the aggregate call, its FILTER condition or None)."""
+    if isinstance(call, exp.Filter):
+        return call.this, call.expression.this
+    return call, None
+
+
+def is_distinct(call: exp.Expression) -> bool:
+    return bool(call.args.get("distinct")) or isinstance(call.this, exp.Distinct)
+
+
+def foldable(calls: list[exp.Expression], weighted: bool) -> bool:
+    """Whether all calls can be kept as accumulators over this input."""
+    for c in calls:
+        inner, _ = unwrap(c)
+        if not isinstance(inner, FOLDABLE) or is_distinct(inner):
+            return False
+        if weighted and isinstance(inner, exp.Min | exp.Max):
+            return False
+    return True
+
+
+def accumulators(
+    call: exp.Expression,
+    i: int,
+    arg: str | None,
+    cond: str | None,
+    arg_type: str | None,
+    *,
+    weighted: bool,
+) -> tuple[list[Accumulator], str]:
+    """State columns of one foldable call and the SQL computing its value from them.
+
+    ``arg`` and ``cond`` name pre-projected columns (the argument and the FILTER condition).
+    """
+    w = "__weight" if weighted else "1"
+    live = f"{cond} AND {arg} IS NOT NULL" if cond and arg else (cond or f"{arg} IS NOT NULL")
+
+    def counter(name: str) -> Accumulator:
+        partial = f"sum(CASE WHEN {live} THEN {w} ELSE 0 END)"
+        return Accumulator(name, "BIGINT", partial, _add(name))
+
+    if isinstance(call, exp.Count) and arg is None:
+        if cond is None:
+            return [], '"_rows"'
+        n = f"_count{i}"
+        return [Accumulator(n, "BIGINT", f"sum(CASE WHEN {cond} THEN {w} ELSE 0 END)", _add(n))], q(n)
+    if isinstance(call, exp.Count):
+        n = f"_count{i}"
+        return [counter(n)], q(n)
+    nn = f"_nonnull{i}"
+    nonnull = counter(nn)
+    value = f"CASE WHEN {cond} THEN {arg} END" if cond else arg
+    if isinstance(call, exp.Sum | exp.Avg):
+        s = f"_sum{i}"
+        sum_type = duckdb.sql(f"SELECT typeof(sum(NULL::{arg_type}))").fetchall()[0][0]
+        partial = f"sum({value} * __weight)" if weighted else f"sum({value})"
+        merge = (
+            f"CASE WHEN o.{q(s)} IS NULL THEN p.{q(s)} WHEN p.{q(s)} IS NULL THEN o.{q(s)} "
+            f"ELSE o.{q(s)} + p.{q(s)} END"
+        )
+        acc = Accumulator(s, sum_type, partial, merge)
+        if isinstance(call, exp.Sum):
+            return [acc, nonnull], f"CASE WHEN {q(nn)} > 0 THEN {q(s)} END"
+        return [acc, nonnull], f"CASE WHEN {q(nn)} > 0 THEN {q(s)}::DOUBLE / {q(nn)} END"
+    m = f"_{call.key}{i}"
+    fn = "least" if isinstance(call, exp.Min) else "greatest"
+    return [
+        Accumulator(m, arg_type or "VARCHAR", f"{call.key}({value})", f"{fn}(o.{q(m)}, p.{q(m)})")
+    ], q(m)
+
+
+def _add(name: str) -> str:
+    return f"coalesce(o.{q(name)}, 0) + coalesce(p.{q(name)}, 0)"
+
+
+def deterministic(call: exp.Expression) -> exp.Expression:
+    """``string_agg``/``array_agg`` without ORDER BY get one (their argument), so recomputing
+    a group yields exactly the value emitted before and its retraction matches."""
+    inner, _ = unwrap(call)
+    if isinstance(inner, exp.GroupConcat | exp.ArrayAgg) and not isinstance(inner.this, exp.Order):
+        arg = inner.this
+        target = arg.this if isinstance(arg, exp.Distinct) else arg
+        if isinstance(arg, exp.Distinct):
+            return call  # DISTINCT with ORDER BY must order by the argument: DuckDB sorts anyway
+        inner.set("this", exp.Order(this=target.copy(), expressions=[exp.Ordered(this=target.copy())]))
+    return call
