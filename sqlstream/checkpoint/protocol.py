@@ -13,6 +13,7 @@ every sink ends up with each row exactly once.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -45,6 +46,7 @@ def commit_checkpoint(
     sinks: list[SinkRunner],
     rows_in: int,
     rows_out: int,
+    in_transaction: Callable[[psycopg.Cursor], None] | None = None,
 ) -> CheckpointStats:
     started = time.perf_counter()
     conn = store.conn
@@ -76,6 +78,8 @@ def commit_checkpoint(
                         "INSERT INTO sqlstream.sink_commits (sink, epoch, rows) VALUES (%s, %s, %s)",
                         [s.name, epoch, s.rows_pending],
                     )
+            if in_transaction is not None:
+                in_transaction(cur)
             duration = (time.perf_counter() - started) * 1000
             cur.execute(
                 "INSERT INTO sqlstream.checkpoints (epoch, duration_ms, rows_in, rows_out, "

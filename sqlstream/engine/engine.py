@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import duckdb
+import psycopg
 import pyarrow as pa
 import sqlglot
 from sqlglot import exp
@@ -30,6 +31,7 @@ from sqlstream.engine.changes import with_weights
 from sqlstream.engine.materialize import MaterializeOperator
 from sqlstream.engine.pipeline import Pipeline, SinkRunner
 from sqlstream.engine.reader import Reader
+from sqlstream.engine.tables import Table, TableLogSource
 from sqlstream.errors import (
     DataException,
     DependentObjectsStillExist,
@@ -103,6 +105,7 @@ class Engine:
         self.sources: dict[str, SourceDef] = {}
         self.pipelines: dict[str, Pipeline] = {}
         self.sinks: dict[str, SinkRunner] = {}
+        self.tables: dict[str, Table] = {}
         self.session: dict[str, str] = {}
         self.last_epoch: int = 0
         self.last_checkpoint: CheckpointStats | None = None
@@ -135,6 +138,10 @@ class Engine:
         stmt = parse_one(row.sql)
         if isinstance(stmt, st.CreateSource):
             self.sources[row.name] = self._source_def(stmt)
+        elif isinstance(stmt, st.CreateTable):
+            table = self._table(stmt)
+            table.load()
+            self.tables[row.name] = table
         elif isinstance(stmt, st.CreateMaterializedView):
             p = self._pipeline(row.name, "materialized view", stmt.query, stmt.emit_on_window_close)
             self._start_pipeline(p, restoring)
@@ -169,6 +176,14 @@ class Engine:
         for r in p.readers:
             r.seek({}, None)
         p.start_fresh()
+        # A view over a table starts from its current rows, then follows its change log.
+        for r in p.readers:
+            if isinstance(r.source, TableLogSource):
+                table = r.source.table
+                r.seek({"0": table.last_seq()}, None)
+                snapshot = table.snapshot()
+                if snapshot.num_rows:
+                    p.feed(table.name, snapshot)
         # A view over views starts from their current contents, then follows their changes.
         for u in p.upstream:
             if u.materialize is not None:
@@ -189,13 +204,16 @@ class Engine:
         handler: Callable[..., Result] | None = getattr(self, f"_do_{type(stmt).__name__}", None)
         if handler is None:
             raise FeatureNotSupported(f"{type(stmt).__name__} statements are not supported yet")
-        if isinstance(stmt, st.CreateSource | st.CreateMaterializedView | st.CreateSink):
+        if isinstance(
+            stmt, st.CreateSource | st.CreateTable | st.CreateMaterializedView | st.CreateSink
+        ):
             return self._create(stmt, handler, resets)
         return handler(stmt)
 
     def _create(self, stmt, handler, resets) -> Result:  # type: ignore[no-untyped-def]
         kind = {
             st.CreateSource: "SOURCE",
+            st.CreateTable: "TABLE",
             st.CreateMaterializedView: "MATERIALIZED_VIEW",
             st.CreateSink: "SINK",
         }[type(stmt)]
@@ -251,6 +269,8 @@ class Engine:
             return RelationInfo(
                 name, s.schema, "source", False, s.watermark_column, s.watermark_sql
             )
+        if name in self.tables:
+            return RelationInfo(name, self.tables[name].schema, "table", True)
         p = self.pipelines.get(name)
         if p is not None and p.kind == "materialized view":
             return RelationInfo(
@@ -261,6 +281,8 @@ class Engine:
     def _resolve_schema(self, name: str) -> list[Column] | None:
         if name in self.sources:
             return self.sources[name].schema
+        if name in self.tables:
+            return self.tables[name].schema
         obj = self.objects.get(name)
         if obj is not None and obj.kind == "materialized view":
             return obj.schema
@@ -294,6 +316,11 @@ class Engine:
                 if self._frozen:
                     reader.source.freeze()
                 readers.append(reader)
+            elif rel in self.tables:
+                table = self.tables[rel]
+                ctx = ConnectorContext(rel, self.catalog_dsn, self.settings.data_dir)
+                log = TableLogSource(ctx, table.schema, {}, None, table=table)
+                readers.append(Reader(name, rel, log))
             else:
                 upstream.append(self.pipelines[rel])
         p = Pipeline(name, kind, plan, self.con, readers, upstream=upstream)
@@ -425,6 +452,8 @@ class Engine:
             self._drop_object(dep, cascade=True)
         with self.store.conn.transaction(), self.store.conn.cursor() as cur:
             self.store.delete_object(cur, name)
+            if name in self.tables:
+                self.tables.pop(name).drop(cur)
         self.objects.pop(name, None)
         self.sources.pop(name, None)
         if name in self.sinks:
@@ -532,16 +561,41 @@ class Engine:
         notices = [] if stmt.name.lower() in known else [f'setting "{stmt.name}" is accepted but has no effect']
         return Result("SET", notices=notices)
 
+    def _table(self, stmt: st.CreateTable) -> Table:
+        if stmt.options.get("connector"):
+            raise FeatureNotSupported(
+                "tables fed by a connector (CDC, upsert streams) are not supported yet"
+            )
+        return Table(self.con, self.store.conn, stmt.name, stmt.columns, stmt.primary_key)
+
     def _do_CreateTable(self, stmt: st.CreateTable) -> Result:
-        raise FeatureNotSupported(
-            "CREATE TABLE (a relation written with INSERT/UPDATE/DELETE) is not supported yet; "
-            "declare a SOURCE for input from outside"
-        )
+        table = self._table(stmt)
+        row = ObjectRow(stmt.name, "table", stmt.text, stmt.options, stmt.columns, _fingerprint(stmt.text))
+        with self.store.conn.transaction(), self.store.conn.cursor() as cur:
+            self.store.insert_object(row, cur)
+            table.create(cur)
+        self.tables[stmt.name] = table
+        self.objects[stmt.name] = row
+        return Result("CREATE_TABLE")
 
-    def _do_Insert(self, stmt: st.Statement) -> Result:
-        raise FeatureNotSupported("INSERT, UPDATE and DELETE need tables, which are not supported yet")
+    def _dml_table(self, ast: exp.Expression) -> Table:
+        target = ast.this.this if isinstance(ast.this, exp.Schema) else ast.this
+        name = target.name
+        if name not in self.tables:
+            kind = self.objects[name].kind if name in self.objects else None
+            if kind:
+                raise FeatureNotSupported(f'cannot change {kind} "{name}": only tables take DML')
+            raise UndefinedTable(f'relation "{name}" does not exist')
+        return self.tables[name]
 
-    _do_Update = _do_Delete = _do_Insert
+    def _do_Insert(self, stmt: st.Insert) -> Result:
+        return Result(f"INSERT 0 {self._dml_table(stmt.ast).insert(stmt.ast)}")
+
+    def _do_Update(self, stmt: st.Update) -> Result:
+        return Result(f"UPDATE {self._dml_table(stmt.ast).update(stmt.ast)}")
+
+    def _do_Delete(self, stmt: st.Delete) -> Result:
+        return Result(f"DELETE {self._dml_table(stmt.ast).delete(stmt.ast)}")
 
     def _do_Transaction(self, stmt: st.Transaction) -> Result:
         return Result(stmt.action.upper())
@@ -626,6 +680,7 @@ class Engine:
             sinks=list(self.sinks.values()),
             rows_in=self.rows_in - self._rows_in_ckpt,
             rows_out=rows_out - self._rows_out_ckpt,
+            in_transaction=self._trim_table_logs,
         )
         self._rows_in_ckpt = self.rows_in
         self._rows_out_ckpt = rows_out
@@ -667,6 +722,14 @@ class Engine:
                 for s in self.sinks.values()
             ],
         }
+
+    def _trim_table_logs(self, cur: psycopg.Cursor) -> None:
+        """Table log entries every reader has checkpointed past are no longer needed."""
+        for name, table in self.tables.items():
+            offsets = [
+                int(r.offsets.get("0", 0)) for r in self.readers() if r.source_name == name
+            ]
+            table.trim_log(cur, min(offsets) if offsets else None)
 
     def close(self) -> None:
         for p in self.pipelines.values():
