@@ -137,9 +137,9 @@ class RecomputeOperator(Operator):
         )
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE __was AS SELECT o.* FROM {out.table} o {where}")
         delta = self.con.sql(
-            f"SELECT {self.out_cols}, sum(w)::BIGINT AS {WEIGHT} FROM ("
-            f"SELECT {self.out_cols}, __count AS w FROM __new UNION ALL "
-            f"SELECT {self.out_cols}, -__count AS w FROM __was) GROUP BY ALL HAVING sum(w) <> 0"
+            f"SELECT {self.out_cols}, sum(__dw)::BIGINT AS {WEIGHT} FROM ("
+            f"SELECT {self.out_cols}, __count AS __dw FROM __new UNION ALL "
+            f"SELECT {self.out_cols}, -__count AS __dw FROM __was) GROUP BY ALL HAVING sum(__dw) <> 0"
         ).to_arrow_table()
         self.con.execute(f"INSERT INTO {out.dirty} SELECT __h FROM __was UNION ALL SELECT __h FROM __new")
         if affected:

@@ -136,6 +136,8 @@ class StateTable:
 
     def pg_write_delta(self, cur: psycopg.Cursor) -> tuple[int, int]:
         """Write the changes since the last checkpoint inside the checkpoint transaction."""
+        if not self.con.sql(f"SELECT count(*) FROM {self.dirty}").fetchall()[0][0]:
+            return 0, 0
         upserts, deletes = self.delta()
         names = [n for n, _ in self.pg_columns()]
         key = ["vnode", *self.key_names]
