@@ -320,6 +320,8 @@ class Engine:
                 table = self.tables[rel]
                 ctx = ConnectorContext(rel, self.catalog_dsn, self.settings.data_dir)
                 log = TableLogSource(ctx, table.schema, {}, None, table=table)
+                if self._frozen:
+                    log.freeze()
                 readers.append(Reader(name, rel, log))
             else:
                 upstream.append(self.pipelines[rel])

@@ -339,6 +339,14 @@ class TableLogSource(Source):
         super().__init__(ctx, schema, {}, fmt)
         self.table = table
         self.offset = 0
+        self.end: int | None = None
+
+    def freeze(self) -> None:
+        self.end = self.table.last_seq()
+
+    def finished(self) -> bool:
+        """Only a frozen table (``--once``) ends: otherwise more DML may always come."""
+        return self.end is not None and self.offset >= self.end
 
     def partitions(self) -> list[str]:
         return ["0"]
