@@ -337,17 +337,14 @@ class Planner:
         bindings.update({k: right_phys[v] for k, v in right.bindings.items()})
         times = dict(left.node.times)
         times.update({right_phys[c]: t for c, t in right.node.times.items()})
-        combined = Rel(left.node, {**{k: v for k, v in left.bindings.items()}})
-        rbind = Rel(right.node, right.bindings)
-
         def both(expr: exp.Expression, lt: str, rt: str) -> str:
             """An expression over a joined row: left columns from lt, right ones from rt."""
 
             def rewrite(node: exp.Expression) -> exp.Expression:
                 if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
-                    if node.table in la or (not node.table and combined.physical(node)):
-                        return exp.column(combined.physical(node), table=lt, quoted=True)
-                    return exp.column(rbind.physical(node), table=rt, quoted=True)
+                    if node.table in la or (not node.table and left.physical(node)):
+                        return exp.column(left.physical(node), table=lt, quoted=True)
+                    return exp.column(right.physical(node), table=rt, quoted=True)
                 return node
 
             return expr.copy().transform(rewrite).sql(D)
@@ -382,7 +379,7 @@ class Planner:
                 left_keys=[compile_expr(k, left, "__in") for k in lkeys],
                 right_keys=[compile_expr(k, right, "__in") for k in rkeys],
                 select_sql=", ".join(select_cols), residual_sql=residual_sql,
-                expiry_sql=_expiry(residual, left, rbind, la),
+                expiry_sql=_expiry(residual, left, right, la),
             )  # fmt: skip
             return Rel(node, bindings)
 
