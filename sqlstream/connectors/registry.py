@@ -11,6 +11,7 @@ from sqlstream.errors import InvalidParameterValue
 SOURCES = {
     "datagen": "sqlstream.connectors.datagen.source:DatagenSource",
     "file": "sqlstream.connectors.file.source:FileSource",
+    "nexmark": "sqlstream.connectors.nexmark.source:NexmarkSource",
 }
 
 SINKS = {

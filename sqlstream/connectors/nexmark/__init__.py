@@ -1,0 +1,1 @@
+"""The ``nexmark`` source: the standard person/auction/bid benchmark stream, generated."""

@@ -1,0 +1,488 @@
+"""The Nexmark event model (Beam/Flink ``NexmarkGenerator``, as RisingWave's ``nexmark``), vectorised.
+
+Events are numbered 0, 1, 2, ... and come in blocks of ``D = P + A + B`` (default 50): the
+first ``P`` (1) of a block are people, the next ``A`` (3) auctions, the last ``B`` (46) bids.
+Every field of event ``n`` is a pure function of ``n`` and the configuration: random choices
+come from a counter-based hash of (seed, field, n), never from a stateful generator, so batch
+sizes, partitioning and restarts cannot change what event ``n`` looks like.
+
+>>> cfg = NexmarkConfig()
+>>> events_of_type(np.arange(0, 2), "bid", cfg).tolist()      # the first two bids
+[4, 5]
+>>> int(last_base0_person(np.array([120]), cfg)[0]), int(last_base0_auction(np.array([120]), cfg)[0])
+(2, 8)
+>>> cols = generate("bid", np.array([4, 5, 6]), ["auction", "price"], cfg)
+>>> all(1000 <= a <= 1002 + 10 for a in cols["auction"].to_pylist())
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# --------------------------------------------------------------------------------------------
+# Counter-based hashing (splitmix64, the same construction as datagen)
+
+_MASK = (1 << 64) - 1
+_GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_NP_GOLDEN, _NP_M1, _NP_M2 = np.uint64(_GOLDEN), np.uint64(_M1), np.uint64(_M2)
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def _mix64(x: int) -> int:
+    z = (x + _GOLDEN) & _MASK
+    z = ((z ^ (z >> 30)) * _M1) & _MASK
+    z = ((z ^ (z >> 27)) * _M2) & _MASK
+    return z ^ (z >> 31)
+
+
+def field_key(seed: int, name: str) -> int:
+    """The hash key of one random field (stable across Python runs, unlike ``hash()``)."""
+    digest = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+    return _mix64(_mix64(seed & _MASK) ^ digest)
+
+
+def _hash(ev: np.ndarray, key: int) -> np.ndarray:
+    """64 random-looking bits per event number (uint64); in place where possible."""
+    z = ev.view(np.uint64) * _NP_GOLDEN
+    z += np.uint64(key)
+    t = z >> 30
+    z ^= t
+    z *= _NP_M1
+    np.right_shift(z, 27, out=t)
+    z ^= t
+    z *= _NP_M2
+    np.right_shift(z, 31, out=t)
+    z ^= t
+    return z
+
+
+def _below_hi(h: np.ndarray, n: np.ndarray | int) -> np.ndarray:
+    """Integers in [0, n) from the high 32 bits of ``h`` (n < 2**32; n may be a vector)."""
+    return (((h >> 32) * np.asarray(n, dtype=np.uint64)) >> 32).view(np.int64)
+
+
+def _below_lo(h: np.ndarray, n: np.ndarray | int) -> np.ndarray:
+    """Integers in [0, n) from the low 32 bits: a second independent draw from one hash."""
+    return (((h & _LOW32) * np.asarray(n, dtype=np.uint64)) >> 32).view(np.int64)
+
+
+def _unit(h: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1) from the top 53 bits."""
+    return (h >> 11).astype(np.float64) * (1.0 / (1 << 53))
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class NexmarkConfig:
+    """The generator constants; defaults are Beam/Flink/RisingWave's."""
+
+    person_proportion: int = 1
+    auction_proportion: int = 3
+    bid_proportion: int = 46
+    first_person_id: int = 1000
+    first_auction_id: int = 1000
+    first_category_id: int = 10
+    num_categories: int = 5
+    active_people: int = 1000
+    in_flight_auctions: int = 100
+    person_id_lead: int = 10
+    auction_id_lead: int = 10
+    hot_seller_ratio: int = 4
+    hot_auction_ratio: int = 2
+    hot_bidder_ratio: int = 4
+    hot_channel_ratio: int = 2
+    avg_person_byte_size: int = 200
+    avg_auction_byte_size: int = 500
+    avg_bid_byte_size: int = 100
+    min_event_gap_ns: int = 100_000
+    base_time_us: int = 1_436_918_400_000_000  # 2015-07-15 00:00:00 UTC, Beam's BASE_TIME
+    seed: int = 0
+
+    @property
+    def denominator(self) -> int:
+        return self.person_proportion + self.auction_proportion + self.bid_proportion
+
+    def type_range(self, table: str) -> tuple[int, int]:
+        """[lo, hi): the positions within a block of the events of ``table``."""
+        p, a = self.person_proportion, self.auction_proportion
+        return {"person": (0, p), "auction": (p, p + a), "bid": (p + a, self.denominator)}[table]
+
+
+# Beam rounds hot ids down to a multiple of these (constants, not options).
+HOT_SELLER_GROUP = HOT_AUCTION_GROUP = HOT_BIDDER_GROUP = 100
+CHANNELS = 10_000
+HOT_CHANNELS = ("Google", "Facebook", "Baidu", "Apple")
+FIRST_NAMES = ("Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah",
+               "Deiter", "Walter")  # fmt: skip
+LAST_NAMES = ("Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones",
+              "Noris")  # fmt: skip
+US_CITIES = ("Phoenix", "Los Angeles", "San Francisco", "Boise", "Portland", "Bend", "Redmond",
+             "Seattle", "Kent", "Cheyenne")  # fmt: skip
+US_STATES = ("AZ", "CA", "ID", "OR", "WA", "WY")
+
+#: column -> natural Postgres type, per table type (RisingWave's column sets and order)
+COLUMNS: dict[str, dict[str, str]] = {
+    "person": {
+        "id": "bigint", "name": "varchar", "email_address": "varchar", "credit_card": "varchar",
+        "city": "varchar", "state": "varchar", "date_time": "timestamp", "extra": "varchar",
+    },
+    "auction": {
+        "id": "bigint", "item_name": "varchar", "description": "varchar",
+        "initial_bid": "bigint", "reserve": "bigint", "date_time": "timestamp",
+        "expires": "timestamp", "seller": "bigint", "category": "bigint", "extra": "varchar",
+    },
+    "bid": {
+        "auction": "bigint", "bidder": "bigint", "price": "bigint", "channel": "varchar",
+        "url": "varchar", "date_time": "timestamp", "extra": "varchar",
+    },
+}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# The event-number arithmetic of the model
+
+
+def count_of_type_below(e: int, table: str, cfg: NexmarkConfig) -> int:
+    """How many events of ``table`` have a number < e.
+
+    >>> count_of_type_below(54, "bid", NexmarkConfig()), count_of_type_below(55, "bid", NexmarkConfig())
+    (46, 47)
+    """
+    lo, hi = cfg.type_range(table)
+    d = cfg.denominator
+    return (e // d) * (hi - lo) + min(max(e % d - lo, 0), hi - lo)
+
+
+def events_of_type(ordinals: np.ndarray, table: str, cfg: NexmarkConfig) -> np.ndarray:
+    """Event numbers of the ``table`` events with these ordinals (0 = the first such event)."""
+    lo, hi = cfg.type_range(table)
+    c = hi - lo
+    if c == 1:
+        return ordinals * cfg.denominator + lo
+    q, r = np.divmod(ordinals, c)
+    q *= cfg.denominator
+    q += r
+    q += lo
+    return q
+
+
+def last_base0_person(ev: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
+    """Base-0 id of the last person created at or before event ``ev``."""
+    d, p = cfg.denominator, cfg.person_proportion
+    epoch, off = np.divmod(ev, d)
+    return epoch * p + np.minimum(off, p - 1)
+
+
+def last_base0_auction(ev: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
+    """Base-0 id of the last auction created at or before ``ev`` (-1 before the first)."""
+    d, p, a = cfg.denominator, cfg.person_proportion, cfg.auction_proportion
+    epoch, off = np.divmod(ev, d)
+    # before the block's auctions: the previous block's last; after them: this block's last
+    local = np.where(off < p, -1, np.minimum(off - p, a - 1))
+    return epoch * a + local
+
+
+def _next_base0_person(ev: np.ndarray, h: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
+    """A recent (active) person, up to ``person_id_lead`` ids beyond the last one."""
+    num = last_base0_person(ev, cfg) + 1
+    active = np.minimum(num, cfg.active_people)
+    return num - active + _below_hi(h, active + cfg.person_id_lead)
+
+
+def _next_base0_auction(ev: np.ndarray, h: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
+    """An in-flight auction, up to ``auction_id_lead`` ids beyond the last one."""
+    max_a = last_base0_auction(ev, cfg)
+    min_a = np.maximum(max_a - cfg.in_flight_auctions, 0)
+    return min_a + _below_hi(h, np.maximum(max_a - min_a + 1 + cfg.auction_id_lead, 1))
+
+
+def event_time_us(ev: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
+    """Event time in microseconds: the base time plus ``ev`` gaps (floor to the microsecond)."""
+    q, r = divmod(cfg.min_event_gap_ns, 1000)
+    out = ev * q
+    if r:
+        out += (ev * r) // 1000
+    out += cfg.base_time_us
+    return out
+
+
+def _price(h: np.ndarray) -> np.ndarray:
+    """Log-uniform prices in cents over [100, 10**8]: round(10**(6u) * 100)."""
+    return np.rint(np.power(10.0, _unit(h) * 6.0) * 100.0).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Strings: zero-copy views into a fixed pool of random text, gathered by Arrow's cast
+
+_POOL_SIZE = 1 << 20
+_MAX_LEN = 4096
+
+
+def _make_pool() -> np.ndarray:
+    """Lower-case letters with a space about one time in 13 (Beam's ``nextString``)."""
+    idx = np.arange(_POOL_SIZE + _MAX_LEN, dtype=np.int64)
+    h = _hash(idx, field_key(0, "nexmark.pool"))
+    letters = (ord("a") + _below_hi(h, 26)).astype(np.uint8)
+    letters[_below_lo(h, 13) == 0] = ord(" ")
+    return letters
+
+
+_POOL = _make_pool()
+_POOL_BUF = pa.py_buffer(_POOL)
+# the 12 bytes from every position: a view's inline data or 4-byte prefix
+_WIN12 = np.lib.stride_tricks.sliding_window_view(_POOL, 12)
+
+
+def pool_strings(h: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """Random strings of the given lengths (< 4096): slices of the pool at hashed positions.
+
+    Builds a ``string_view`` array whose views point into the pool (no per-byte Python or
+    numpy work), then lets Arrow's cast gather the bytes into a plain ``string`` array.
+    """
+    n = len(lengths)
+    start = _below_lo(h, _POOL_SIZE).astype(np.int32)
+    lengths = lengths.astype(np.int32)
+    views = np.zeros((n, 16), dtype=np.uint8)
+    views[:, 0:4] = lengths.view(np.uint8).reshape(n, 4)
+    views[:, 4:16] = _WIN12[start]
+    long = lengths > 12
+    if long.any():
+        # long strings: 4-byte prefix, buffer index 0, offset into the pool
+        views[long, 8:12] = 0
+        views[long, 12:16] = start[long].view(np.uint8).reshape(-1, 4)
+    short = ~long
+    if short.any():
+        # inline strings must be zero-padded after their length
+        pad = np.arange(12, dtype=np.int32)[None, :] >= lengths[short, None]
+        inline = views[short, 4:16]
+        inline[pad] = 0
+        views[short, 4:16] = inline
+    arr = pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(views), _POOL_BUF])
+    return arr.cast(pa.string())
+
+
+def _next_string(h: np.ndarray, max_length: int) -> tuple[pa.Array, np.ndarray]:
+    """Beam's ``nextString(maxLength)``: 3 .. maxLength-1 characters. Returns (strings, lengths)."""
+    lengths = 3 + _below_hi(h, max_length - 3)
+    return pool_strings(h, lengths), lengths
+
+
+def _extra(h: np.ndarray, current_size: np.ndarray, avg: int) -> pa.Array:
+    """Beam's ``nextExtra``: pad each event to about ``avg`` bytes (±20 %)."""
+    desired = np.maximum(avg - current_size, 0)
+    delta = np.rint(desired * 0.2).astype(np.int64)
+    lengths = desired - delta + _below_hi(h, np.maximum(2 * delta, 1))
+    lengths = np.where(current_size > avg, 0, np.minimum(lengths, _MAX_LEN - 1))
+    return pool_strings(h, lengths)
+
+
+def _base_url(h: np.ndarray) -> list[str]:
+    """Beam's ``getBaseUrl``: https://www.nexmark.com/<a>/<b>/<c>/item.htm?query=1."""
+    # Beam's url segments use '_' where other strings have a space
+    parts = [
+        [p.replace(" ", "_") for p in _next_string(_hash(h.view(np.int64), k), 5)[0].to_pylist()]
+        for k in (1, 2, 3)
+    ]
+    return [
+        f"https://www.nexmark.com/{a}/{b}/{c}/item.htm?query=1"
+        for a, b, c in zip(*parts, strict=True)
+    ]
+
+
+def _channel_table() -> tuple[pa.Array, pa.Array]:
+    """Channels and urls: 0..3 the hot ones, then channel-0 .. channel-9999 (Flink's cache)."""
+    h = _hash(np.arange(CHANNELS + len(HOT_CHANNELS), dtype=np.int64), field_key(0, "channels"))
+    urls = _base_url(h)
+    names = list(HOT_CHANNELS) + [f"channel-{i}" for i in range(CHANNELS)]
+    with_id = _below_lo(_hash(h.view(np.int64), 4), 10) > 0
+    for i in range(CHANNELS):
+        if with_id[i + len(HOT_CHANNELS)]:
+            # Java's abs(Integer.reverse(i))
+            rev = int(f"{i & 0xFFFFFFFF:032b}"[::-1], 2)
+            rev = rev - (1 << 32) if rev >= 1 << 31 else rev
+            urls[i + len(HOT_CHANNELS)] += f"&channel_id={abs(rev)}"
+    return pa.array(names, pa.string()), pa.array(urls, pa.string())
+
+
+_CHANNELS: tuple[pa.Array, pa.Array] | None = None
+
+
+def _channels() -> tuple[pa.Array, pa.Array]:
+    global _CHANNELS
+    if _CHANNELS is None:
+        _CHANNELS = _channel_table()
+    return _CHANNELS
+
+
+_NAMES = pa.array([f"{f} {la}" for f in FIRST_NAMES for la in LAST_NAMES], pa.string())
+_NAME_LEN = np.array([len(f) + 1 + len(la) for f in FIRST_NAMES for la in LAST_NAMES])
+_CITIES = pa.array(US_CITIES, pa.string())
+_CITY_LEN = np.array([len(c) for c in US_CITIES])
+_STATES = pa.array(US_STATES, pa.string())
+
+
+# --------------------------------------------------------------------------------------------
+# Column generation
+
+
+def _ts(us: np.ndarray) -> pa.Array:
+    us = np.ascontiguousarray(us, dtype=np.int64)
+    return pa.Array.from_buffers(pa.timestamp("us"), len(us), [None, pa.py_buffer(us)])
+
+
+def _i64(v: np.ndarray) -> pa.Array:
+    v = np.ascontiguousarray(v, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(v), [None, pa.py_buffer(v)])
+
+
+class _Keys:
+    """Per-field hash keys derived from the seed (computed once per source)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._cache: dict[str, int] = {}
+
+    def __call__(self, name: str) -> int:
+        key = self._cache.get(name)
+        if key is None:
+            key = self._cache[name] = field_key(self.seed, name)
+        return key
+
+
+def generate(
+    table: str, ev: np.ndarray, columns: list[str], cfg: NexmarkConfig, keys: _Keys | None = None
+) -> dict[str, pa.Array]:
+    """The requested columns of the ``table`` events with numbers ``ev`` (int64 vector).
+
+    Only the requested columns (and what they depend on) are computed.
+    """
+    keys = keys or _Keys(cfg.seed)
+    want = set(columns)
+    out: dict[str, pa.Array] = {}
+    if "date_time" in want:
+        out["date_time"] = _ts(event_time_us(ev, cfg))
+    if table == "person":
+        _person(ev, want, cfg, keys, out)
+    elif table == "auction":
+        _auction(ev, want, cfg, keys, out)
+    else:
+        _bid(ev, want, cfg, keys, out)
+    return {c: out[c] for c in columns}
+
+
+def _person(ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, out: dict) -> None:
+    n = len(ev)
+    if "id" in want:
+        out["id"] = _i64(last_base0_person(ev, cfg) + cfg.first_person_id)
+    size = np.full(n, 8, dtype=np.int64)  # Beam's byte-size estimate, to size `extra`
+    need_size = "extra" in want
+    if "name" in want or need_size:
+        pick = _below_hi(_hash(ev, keys("person.name")), len(_NAMES))
+        out["name"] = _NAMES.take(pa.array(pick))
+        size += _NAME_LEN[pick]
+    if "email_address" in want or need_size:
+        user, ulen = _next_string(_hash(ev, keys("person.email.user")), 7)
+        host, hlen = _next_string(_hash(ev, keys("person.email.host")), 5)
+        out["email_address"] = pc.binary_join_element_wise(user, "@", host, ".com", "")
+        size += ulen + hlen + 5
+    if "credit_card" in want:
+        # four groups of four digits, fixed width: built as a byte matrix
+        h1, h2 = _hash(ev, keys("person.cc.1")), _hash(ev, keys("person.cc.2"))
+        digits = np.empty((n, 19), dtype=np.uint8)
+        digits[:, 4::5] = ord(" ")
+        pos = [i for i in range(19) if i % 5 != 4]
+        raw = np.concatenate([h1.view(np.uint8).reshape(n, 8), h2.view(np.uint8).reshape(n, 8)], 1)
+        digits[:, pos] = ord("0") + (raw.astype(np.uint16) * 10 >> 8).astype(np.uint8)
+        offsets = np.arange(0, (n + 1) * 19, 19, dtype=np.int32)
+        out["credit_card"] = pa.Array.from_buffers(
+            pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(digits)]
+        )
+    size += 19
+    hc = _hash(ev, keys("person.city"))
+    if "city" in want or need_size:
+        city = _below_hi(hc, len(US_CITIES))
+        out["city"] = _CITIES.take(pa.array(city))
+        size += _CITY_LEN[city]
+    if "state" in want:
+        out["state"] = _STATES.take(pa.array(_below_lo(hc, len(US_STATES))))
+    size += 2
+    if need_size:
+        out["extra"] = _extra(_hash(ev, keys("person.extra")), size, cfg.avg_person_byte_size)
+
+
+def _auction(ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, out: dict) -> None:
+    n = len(ev)
+    if "id" in want:
+        out["id"] = _i64(last_base0_auction(ev, cfg) + cfg.first_auction_id)
+    size = np.full(n, 8 + 5 * 8, dtype=np.int64)
+    need_size = "extra" in want
+    if "item_name" in want or need_size:
+        out["item_name"], ln = _next_string(_hash(ev, keys("auction.item")), 20)
+        size += ln
+    if "description" in want or need_size:
+        out["description"], ln = _next_string(_hash(ev, keys("auction.desc")), 100)
+        size += ln
+    if "initial_bid" in want or "reserve" in want:
+        initial = _price(_hash(ev, keys("auction.initial")))
+        out["initial_bid"] = _i64(initial)
+        out["reserve"] = _i64(initial + _price(_hash(ev, keys("auction.reserve"))))
+    if "expires" in want:
+        # Beam: an auction lasts up to twice the event time that in_flight_auctions take
+        events_for_auctions = cfg.in_flight_auctions * cfg.denominator // cfg.auction_proportion
+        horizon_us = events_for_auctions * cfg.min_event_gap_ns // 1000
+        length = 1 + _below_hi(_hash(ev, keys("auction.length")), max(2 * horizon_us, 1))
+        out["expires"] = _ts(event_time_us(ev, cfg) + length)
+    if "seller" in want:
+        h = _hash(ev, keys("auction.seller"))
+        hot = _below_lo(h, cfg.hot_seller_ratio) > 0
+        hot_id = (last_base0_person(ev, cfg) // HOT_SELLER_GROUP) * HOT_SELLER_GROUP
+        seller = np.where(hot, hot_id, _next_base0_person(ev, h, cfg))
+        out["seller"] = _i64(seller + cfg.first_person_id)
+    if "category" in want:
+        cat = _below_hi(_hash(ev, keys("auction.category")), cfg.num_categories)
+        out["category"] = _i64(cat + cfg.first_category_id)
+    if need_size:
+        out["extra"] = _extra(_hash(ev, keys("auction.extra")), size, cfg.avg_auction_byte_size)
+
+
+def _bid(ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, out: dict) -> None:
+    if "auction" in want:
+        h = _hash(ev, keys("bid.auction"))
+        hot = _below_lo(h, cfg.hot_auction_ratio) > 0
+        hot_id = (last_base0_auction(ev, cfg) // HOT_AUCTION_GROUP) * HOT_AUCTION_GROUP
+        out["auction"] = _i64(
+            np.where(hot, hot_id, _next_base0_auction(ev, h, cfg)) + cfg.first_auction_id
+        )
+    if "bidder" in want:
+        h = _hash(ev, keys("bid.bidder"))
+        hot = _below_lo(h, cfg.hot_bidder_ratio) > 0
+        hot_id = (last_base0_person(ev, cfg) // HOT_BIDDER_GROUP) * HOT_BIDDER_GROUP + 1
+        out["bidder"] = _i64(
+            np.where(hot, hot_id, _next_base0_person(ev, h, cfg)) + cfg.first_person_id
+        )
+    if "price" in want:
+        out["price"] = _i64(_price(_hash(ev, keys("bid.price"))))
+    if "channel" in want or "url" in want:
+        h = _hash(ev, keys("bid.channel"))
+        hot = _below_lo(h, cfg.hot_channel_ratio) > 0
+        k = len(HOT_CHANNELS)
+        pick = np.where(hot, _below_hi(h, k), k + _below_hi(h, CHANNELS))
+        names, urls = _channels()
+        idx = pa.array(pick)
+        if "channel" in want:
+            out["channel"] = names.take(idx)
+        if "url" in want:
+            out["url"] = urls.take(idx)
+    if "extra" in want:
+        # Beam counts four 8-byte fields as the bid's size before padding
+        size = np.full(len(ev), 32, dtype=np.int64)
+        out["extra"] = _extra(_hash(ev, keys("bid.extra")), size, cfg.avg_bid_byte_size)
