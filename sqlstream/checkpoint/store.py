@@ -7,7 +7,6 @@ session-level advisory lock for its whole life, so two engines never run the sam
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -188,7 +187,3 @@ class CatalogStore:
 
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)

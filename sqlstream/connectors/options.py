@@ -65,7 +65,3 @@ def validate_options(
             if s.default is not None:
                 out[s.name] = s.default
     return out
-
-
-def secret_keys(spec: list[OptionSpec]) -> set[str]:
-    return {s.name for s in spec if s.secret}

@@ -5,8 +5,8 @@ for retractions.
 
 >>> import pyarrow as pa
 >>> t = pa.table({"a": [1, 2], "__weight": [1, -1]})
->>> is_weighted(t), data_columns(t)
-(True, ['a'])
+>>> is_weighted(t), is_weighted(t.drop_columns(["__weight"]))
+(True, False)
 """
 
 from __future__ import annotations
@@ -18,10 +18,6 @@ from sqlstream.connectors.base import WEIGHT
 
 def is_weighted(table: pa.Table) -> bool:
     return WEIGHT in table.column_names
-
-
-def data_columns(table: pa.Table) -> list[str]:
-    return [c for c in table.column_names if c != WEIGHT]
 
 
 def with_weights(table: pa.Table) -> pa.Table:
