@@ -54,18 +54,21 @@ class Reader:
         if self.watermark_column is None or data.num_rows == 0:
             self.rows_read += data.num_rows
             return data if data.num_rows else None
+        col = qi(self.watermark_column)
         con.register("__batch", data)
         try:
-            if self.watermark_us is not None:
+            # One pass for the new watermark and the oldest row; a copy without the late
+            # rows is made only when there are any (rarely, for ordered input).
+            low, high = con.sql(
+                f"SELECT min(epoch_us({col})), max(epoch_us({self.watermark_sql})) FROM __batch"
+            ).fetchall()[0]
+            if self.watermark_us is not None and low is not None and low < self.watermark_us:
                 kept = con.sql(
-                    f"SELECT * FROM __batch WHERE epoch_us({qi(self.watermark_column)}) >= "
-                    f"{self.watermark_us} OR {qi(self.watermark_column)} IS NULL"
+                    f"SELECT * FROM __batch WHERE epoch_us({col}) >= {self.watermark_us} "
+                    f"OR {col} IS NULL"
                 ).to_arrow_table()
                 self.late_rows += data.num_rows - kept.num_rows
                 data = kept
-            high = con.sql(
-                f"SELECT max(epoch_us({self.watermark_sql})) FROM __batch"
-            ).fetchall()[0][0]
         finally:
             con.unregister("__batch")
         if high is not None and (self.watermark_us is None or high > self.watermark_us):
