@@ -79,3 +79,19 @@ def test_view_over_view_backfills_and_drop_needs_cascade(sql):
     assert getattr(info.value, "sqlstate", None) == "2BP01"
     sql("DROP MATERIALIZED VIEW s CASCADE")
     assert sql("SHOW MATERIALIZED VIEWS") == []
+
+
+def test_windows_over_a_table_follow_updates_and_deletes(sql):
+    sql("CREATE TABLE ev (id INT PRIMARY KEY, ts TIMESTAMP, v INT);"
+        "INSERT INTO ev VALUES (1, '2024-01-01 00:00:01', 5), (2, '2024-01-01 00:00:04', 7),"
+        " (3, '2024-01-01 00:00:12', 1);"
+        "CREATE MATERIALIZED VIEW t AS SELECT window_start, count(*) AS n, max(v) AS top "
+        "FROM TUMBLE(ev, ts, INTERVAL '10 seconds') GROUP BY window_start;"
+        "CREATE MATERIALIZED VIEW h AS SELECT window_start, sum(v) AS s "
+        "FROM HOP(ev, ts, INTERVAL '5 seconds', INTERVAL '10 seconds') GROUP BY window_start;")
+    assert sql("FLUSH; SELECT n, top FROM t") == [(1, 1), (2, 7)]
+    assert sql("DELETE FROM ev WHERE id = 2; UPDATE ev SET ts = '2024-01-01 00:00:15' "
+               "WHERE id = 1; FLUSH; SELECT n, top FROM t") == [(2, 5)]
+    # Windows [5, 15), [10, 20), [15, 25) hold the rows at :12 (v=1) and :15 (v=5).
+    assert sql("SELECT window_start::VARCHAR AS w, s::INT AS s FROM h ORDER BY w") == [
+        ("2024-01-01 00:00:05", 1), ("2024-01-01 00:00:10", 6), ("2024-01-01 00:00:15", 5)]
