@@ -160,3 +160,170 @@ def checkpoints(catalog: str | None, data_dir: Path | None, limit: int, debug: b
             [limit],
         )
         print_table([d.name for d in cur.description], cur.fetchall())
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+_auth_opt = click.option(
+    "--auth", type=click.Choice(["scram-sha-256", "trust"]), envvar="SQLSTREAM_AUTH",
+    help="Client authentication: SCRAM-SHA-256 passwords (default) or trust (none).",
+)
+_user_opt = click.option(
+    "--user", envvar="SQLSTREAM_USER", help="The user clients log in as (default sqlstream)."
+)
+_password_opt = click.option(
+    "--password", envvar="SQLSTREAM_PASSWORD",
+    help="Its password (prefer SQLSTREAM_PASSWORD: flags show in ps).",
+)
+
+
+@main.command(cls=_Command)
+@click.option("--host", envvar="SQLSTREAM_HOST", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", type=int, help="pgwire port (default 4566, SQLSTREAM_PGWIRE_PORT).")
+@click.option("--http-port", type=int,
+              help="HTTP port for /health and /metrics (default 4567, SQLSTREAM_HTTP_PORT).")
+@_catalog_opt
+@_data_dir_opt
+@click.option("--checkpoint-interval", help="Time between checkpoints, e.g. 1s, 500ms.")
+@click.option("--batch-rows", type=int, help="Most rows read from a source per poll.")
+@_auth_opt
+@_user_opt
+@_password_opt
+@click.option("--tls-cert", envvar="SQLSTREAM_TLS_CERT", type=click.Path(exists=True, dir_okay=False),
+              help="PEM certificate: accept TLS (sslmode=require) with it.")
+@click.option("--tls-key", envvar="SQLSTREAM_TLS_KEY", type=click.Path(exists=True, dir_okay=False),
+              help="PEM private key of --tls-cert.")
+@_debug_opt
+def serve(
+    host: str,
+    port: int | None,
+    http_port: int | None,
+    catalog: str | None,
+    data_dir: Path | None,
+    checkpoint_interval: str | None,
+    batch_rows: int | None,
+    auth: str | None,
+    user: str | None,
+    password: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    debug: bool,
+) -> None:
+    """Serve the Postgres wire protocol (psql, drivers) and HTTP /health and /metrics.
+
+    On start it recovers every source, view and sink from the catalog and resumes from the
+    last checkpoint; SIGTERM or Ctrl-C stops it after a final checkpoint.
+
+    \b
+    Example:
+      SQLSTREAM_PASSWORD=secret sqlstream serve
+      psql postgresql://sqlstream:secret@127.0.0.1:4566/sqlstream
+    """
+    import asyncio
+    import os
+    import signal
+
+    from sqlstream.server.app import Listening, ServerApp
+    from sqlstream.server.config import ServerConfig
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    settings = Settings.load(
+        {
+            "catalog": catalog,
+            "data_dir": data_dir,
+            "checkpoint_interval": checkpoint_interval,
+            "batch_rows": batch_rows,
+            "pgwire_port": port,
+            "http_port": http_port,
+        }
+    )
+    config = ServerConfig.load(
+        {"host": host, "auth": auth, "user": user, "password": password,
+         "tls_cert": tls_cert, "tls_key": tls_key}
+    )
+
+    def ready(at: Listening) -> None:
+        click.echo(
+            f"sqlstream {__version__} ready: pgwire on {at.host}:{at.pgwire_port}, "
+            f"HTTP on {at.host}:{at.http_port} (auth {config.auth})",
+            err=True,
+        )
+
+    async def run(dsn: str) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():  # asked twice: leave now, the last checkpoint stays valid
+                os._exit(130)
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        await ServerApp(settings, config, dsn).run(stop, on_ready=ready)
+
+    with _catalog(settings) as dsn:
+        asyncio.run(run(dsn))
+    click.echo("sqlstream stopped after a final checkpoint", err=True)
+
+
+@main.command(cls=_Command)
+@click.option("--host", help="Server to connect to. Without it, an embedded server runs in this process.")
+@click.option("--port", type=int, help="Its pgwire port (default 4566, SQLSTREAM_PGWIRE_PORT).")
+@click.option("--user", envvar="SQLSTREAM_USER", help="User to log in as (default sqlstream).")
+@click.option("--password", envvar="SQLSTREAM_PASSWORD",
+              help="Password (or SQLSTREAM_PASSWORD, PGPASSWORD, ~/.pgpass).")
+@click.option("--dbname", default="sqlstream", show_default=True, help="Database name to send.")
+@_catalog_opt
+@_data_dir_opt
+@_debug_opt
+def console(
+    host: str | None,
+    port: int | None,
+    user: str | None,
+    password: str | None,
+    dbname: str,
+    catalog: str | None,
+    data_dir: Path | None,
+    debug: bool,
+) -> None:
+    """An interactive SQL console: statements end with ';', \\q quits.
+
+    \b
+    Examples:
+      sqlstream console                        # embedded server on the local catalog
+      sqlstream console --host db1 --user me   # a running `sqlstream serve`
+      sqlstream console --host db1 < job.sql   # run a script
+    """
+    import secrets
+
+    from psycopg.conninfo import make_conninfo
+
+    from sqlstream import console as con
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s")
+    banner = f"sqlstream {__version__} console. \\? for help, \\q to quit."
+    if host:
+        settings = Settings.load({"pgwire_port": port, "data_dir": data_dir})
+        dsn = make_conninfo(host=host, port=settings.pgwire_port, user=user or "sqlstream",
+                            dbname=dbname, **({"password": password} if password else {}))
+        con.main(dsn, data_dir=data_dir, banner=banner)
+        return
+    from sqlstream.server.app import ServerApp, start_in_thread
+    from sqlstream.server.config import ServerConfig
+
+    settings = Settings.load({"catalog": catalog, "data_dir": data_dir, "pgwire_port": 0, "http_port": 0})
+    # The embedded server listens on 127.0.0.1 only, with a password nobody else knows.
+    secret = secrets.token_urlsafe(18)
+    config = ServerConfig(host="127.0.0.1", user="sqlstream", password=secret)
+    with _catalog(settings) as dsn:
+        server = start_in_thread(ServerApp(settings, config, dsn))
+        try:
+            port_ = server.listening.pgwire_port
+            client = make_conninfo(host="127.0.0.1", port=port_, user="sqlstream",
+                                   password=secret, dbname=dbname)
+            con.main(client, data_dir=settings.data_dir, banner=banner + f" (embedded server on port {port_})")
+        finally:
+            server.stop()

@@ -83,6 +83,9 @@ class EngineHost:
         self.startup_error: BaseException | None = None
         self.stats = HostStats()
         self.state = "starting"
+        self._current: cf.Future[Any] | None = None
+        self._lock = threading.Lock()
+        self._closed = False  # the thread ended: nothing will run what is submitted
 
     # -- control (any thread) -------------------------------------------------------------------
 
@@ -106,22 +109,44 @@ class EngineHost:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    def interrupt(self, job: cf.Future[Any]) -> bool:
+        """Interrupt ``job`` if it is running now (a CancelRequest for a long ad-hoc query).
+
+        Needs ``Engine.interrupt_query()``: a thread-safe call that stops the ad-hoc query
+        running on the engine thread, if any, and does nothing otherwise (never an epoch).
+        Without it, the query runs to its end and only its result is dropped.
+        """
+        interrupt = getattr(self.engine, "interrupt_query", None)
+        if interrupt is None or self._current is not job:
+            return False
+        interrupt()
+        return True
+
     def submit(self, fn: Callable[[Any], T]) -> cf.Future[T]:
         """Run ``fn(engine)`` on the engine thread."""
         future: cf.Future[T] = cf.Future()
-        if self._stop.is_set():
-            future.set_exception(ShuttingDown("the server is shutting down"))
-        elif self._started.is_set() and not self._ready.is_set():
-            future.set_exception(
-                EngineUnavailable("the engine is recovering (catalog database unavailable); try again")
-            )
-        else:
-            self._queue.put((fn, future))
+        with self._lock:
+            if self._stop.is_set() or self._closed:
+                future.set_exception(ShuttingDown("the server is shutting down"))
+            elif self._started.is_set() and not self._ready.is_set():
+                future.set_exception(
+                    EngineUnavailable("the engine is recovering (catalog database unavailable); try again")
+                )
+            else:
+                self._queue.put((fn, future))
         return future
 
     # -- the thread ---------------------------------------------------------------------------
 
     def _main(self) -> None:
+        try:
+            self._serve()
+        finally:
+            with self._lock:
+                self._closed = True
+            self._fail_pending(ShuttingDown("the server is shutting down"))
+
+    def _serve(self) -> None:
         try:
             self.engine = self._factory()
         except BaseException as e:  # noqa: BLE001 - reported to the caller of wait_ready
@@ -175,6 +200,7 @@ class EngineHost:
         if not future.set_running_or_notify_cancel():
             return  # cancelled (CancelRequest) before it started
         self.stats.jobs += 1
+        self._current = future
         try:
             result = fn(self.engine)
         except BaseException as e:  # noqa: BLE001 - every error goes back to the session
@@ -182,6 +208,8 @@ class EngineHost:
             if _is_catalog_failure(e):
                 raise  # the engine's catalog connection is gone: rebuild the engine
             return
+        finally:
+            self._current = None
         future.set_result(result)
 
     def _recover(self, error: BaseException) -> None:

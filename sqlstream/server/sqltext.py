@@ -150,29 +150,6 @@ def split_statements(sql: str, *, keep_empty: bool = False) -> list[Piece]:
     return [p for p in pieces if keep_empty or not p.empty]
 
 
-def is_complete(buffer: str) -> bool:
-    """True when ``buffer`` ends with a ``;`` that ends a statement (for a console).
-
-    >>> is_complete("SELECT 1;"), is_complete("SELECT ';"), is_complete("SELECT (1;"), is_complete("SELECT 1; -- done")
-    (True, False, False, True)
-    """
-    last_code: Segment | None = None
-    for seg in segments(buffer):
-        if seg.kind == "open":
-            return False
-        if seg.kind == "code" and buffer[seg.start : seg.end].strip():
-            last_code = seg
-        elif seg.kind in ("string", "ident"):
-            last_code = None
-    if last_code is None:
-        return False
-    if not buffer[last_code.start : last_code.end].rstrip().endswith(";"):
-        return False
-    pieces = split_statements(buffer, keep_empty=True)
-    # The text after the last cut is comments or blanks only: the last ';' ended a statement.
-    return len(pieces) > 1 and pieces[-1].empty
-
-
 def code_only(sql: str) -> str:
     """``sql`` with every literal, quoted identifier and comment replaced by spaces (same
     length, so offsets still match): what keyword searches should look at.

@@ -145,13 +145,20 @@ def _frac(us: int) -> str:
     return ("." + f"{us:06d}".rstrip("0")) if us else ""
 
 
-def format_timestamp(v: dt.datetime, *, tz: bool = False) -> str:
-    if tz:
-        if v.tzinfo is not None:
-            v = v.astimezone(dt.timezone.utc)
-        out = v.replace(tzinfo=None)
-        return f"{out:%Y-%m-%d %H:%M:%S}{_frac(out.microsecond)}+00"
-    return f"{v:%Y-%m-%d %H:%M:%S}{_frac(v.microsecond)}"
+def format_timestamp(v: dt.datetime, *, tz: bool = False, zone: dt.tzinfo | None = None) -> str:
+    """'2024-01-01 00:00:00[.ffffff]', with '+HH[:MM]' in ``zone`` (UTC by default) when
+    ``tz``: a timestamptz is shown in the session's TimeZone, as Postgres does."""
+    if not tz:
+        return f"{v:%Y-%m-%d %H:%M:%S}{_frac(v.microsecond)}"
+    if v.tzinfo is None:
+        v = v.replace(tzinfo=dt.UTC)
+    v = v.astimezone(zone or dt.UTC)
+    offset = v.utcoffset() or dt.timedelta(0)
+    sign = "-" if offset < dt.timedelta(0) else "+"
+    minutes = abs(offset) // dt.timedelta(minutes=1)
+    h, m = divmod(minutes, 60)
+    suffix = f"{sign}{h:02d}" + (f":{m:02d}" if m else "")
+    return f"{v:%Y-%m-%d %H:%M:%S}{_frac(v.microsecond)}{suffix}"
 
 
 def format_interval(v: dt.timedelta) -> str:
@@ -177,20 +184,21 @@ def format_interval(v: dt.timedelta) -> str:
     return " ".join(parts)
 
 
-def _array_item(v: Any, elem: str) -> str:
+def _array_item(v: Any, elem: str, zone: dt.tzinfo | None) -> str:
     if v is None:
         return "NULL"
-    text = format_text(v, elem)
+    text = format_text(v, elem, zone)
     if text == "" or any(c in text for c in '{},"\\ \t\n') or text.upper() == "NULL":
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
 
 
-def format_text(v: Any, type_: str) -> str:
-    """A non-NULL value in Postgres text format, for a column of canonical type ``type_``."""
+def format_text(v: Any, type_: str, zone: dt.tzinfo | None = None) -> str:
+    """A non-NULL value in Postgres text format, for a column of canonical type ``type_``
+    (``zone``: the session's TimeZone, for timestamptz)."""
     if type_.endswith("[]"):
         elem = type_[:-2]
-        return "{" + ",".join(_array_item(x, elem) for x in v) + "}"
+        return "{" + ",".join(_array_item(x, elem, zone) for x in v) + "}"
     base = _base(type_)
     if isinstance(v, bool):
         return "t" if v else "f"
@@ -203,7 +211,7 @@ def format_text(v: Any, type_: str) -> str:
             return "Infinity" if v > 0 else "-Infinity"
         return format(v, "f")
     if isinstance(v, dt.datetime):
-        return format_timestamp(v, tz=base == "timestamptz" or v.tzinfo is not None)
+        return format_timestamp(v, tz=base == "timestamptz" or v.tzinfo is not None, zone=zone)
     if isinstance(v, dt.date):
         return v.isoformat()
     if isinstance(v, dt.time):
@@ -215,12 +223,12 @@ def format_text(v: Any, type_: str) -> str:
     if isinstance(v, dict):
         return json.dumps(v, default=str)
     if isinstance(v, list | tuple):
-        return "{" + ",".join(_array_item(x, "text") for x in v) + "}"
+        return "{" + ",".join(_array_item(x, "text", zone) for x in v) + "}"
     return str(v)
 
 
-def encode_text(v: Any, type_: str) -> bytes | None:
-    return None if v is None else format_text(v, type_).encode()
+def encode_text(v: Any, type_: str, zone: dt.tzinfo | None = None) -> bytes | None:
+    return None if v is None else format_text(v, type_, zone).encode()
 
 
 # -- binary output ------------------------------------------------------------------------------
@@ -254,7 +262,7 @@ def _numeric_binary(d: Decimal) -> bytes:
 
 def _timestamp_us(v: dt.datetime) -> int:
     if v.tzinfo is not None:
-        v = v.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        v = v.astimezone(dt.UTC).replace(tzinfo=None)
     return (v - _PG_EPOCH) // _US
 
 
@@ -309,12 +317,8 @@ def _array_binary(items: list[Any], elem: str) -> bytes:
     return b"".join(out)
 
 
-def binary_supported(type_: str) -> bool:
-    return True  # every type above has a binary form (text-like types send their text)
-
-
-def encode(v: Any, type_: str, fmt: int) -> bytes | None:
-    return encode_binary(v, type_) if fmt == 1 else encode_text(v, type_)
+def encode(v: Any, type_: str, fmt: int, zone: dt.tzinfo | None = None) -> bytes | None:
+    return encode_binary(v, type_) if fmt == 1 else encode_text(v, type_, zone)
 
 
 # -- parameters ---------------------------------------------------------------------------------
@@ -380,7 +384,7 @@ def _decode_binary(data: bytes, oid: int, type_: str) -> Any:
     if oid in (1114, 1184):
         (us,) = struct.unpack("!q", data)
         value = _PG_EPOCH + dt.timedelta(microseconds=us)
-        return value.replace(tzinfo=dt.timezone.utc) if oid == 1184 else value
+        return value.replace(tzinfo=dt.UTC) if oid == 1184 else value
     if oid == 1082:
         return _PG_EPOCH_DATE + dt.timedelta(days=struct.unpack("!i", data)[0])
     if oid == 1083:
