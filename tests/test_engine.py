@@ -246,3 +246,8 @@ def test_metrics_snapshot(engine):
     assert reader["object"] == "m" and reader["rows"] == 5000 and reader["late_rows"] == 0
     (pipe,) = m["pipelines"]
     assert sorted(pipe["state_rows"].values()) == [5, 5]  # 5 groups; 5 view rows
+
+
+def test_runtime_errors_of_queries_carry_sqlstates(engine):
+    engine.execute_script("CREATE TABLE t (s VARCHAR); INSERT INTO t VALUES ('abc');")
+    assert _sqlstate(lambda: engine.execute_script("SELECT s::INT AS i FROM t")) == "22P02"

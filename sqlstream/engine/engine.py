@@ -31,7 +31,7 @@ from sqlstream.engine.changes import with_weights
 from sqlstream.engine.materialize import MaterializeOperator
 from sqlstream.engine.pipeline import Pipeline, SinkRunner
 from sqlstream.engine.reader import Reader
-from sqlstream.engine.tables import Table, TableLogSource
+from sqlstream.engine.tables import Table, TableLogSource, duckdb_error
 from sqlstream.errors import (
     DataException,
     DependentObjectsStillExist,
@@ -604,10 +604,13 @@ class Engine:
 
     def _do_Query(self, stmt: st.Query) -> Result:
         bound = bind_query(stmt.query, self._queryable)
-        rel = self.con.sql(bound.query.sql("duckdb"))
-        types = [from_duckdb(str(t)) for t in rel.types]
+        try:
+            rel = self.con.sql(bound.query.sql("duckdb"))
+            types = [from_duckdb(str(t)) for t in rel.types]
+            rows = rel.fetchall()
+        except duckdb.Error as e:  # a runtime error (a bad cast, ...) with its SQLSTATE
+            raise duckdb_error(e) from e
         cols = [Column(n, t) for n, t in zip(rel.columns, types, strict=True)]
-        rows = rel.fetchall()
         return Result(f"SELECT {len(rows)}", cols, rows)
 
     def _queryable(self, name: str) -> list[Column] | None:
