@@ -251,3 +251,18 @@ def test_metrics_snapshot(engine):
 def test_runtime_errors_of_queries_carry_sqlstates(engine):
     engine.execute_script("CREATE TABLE t (s VARCHAR); INSERT INTO t VALUES ('abc');")
     assert _sqlstate(lambda: engine.execute_script("SELECT s::INT AS i FROM t")) == "22P02"
+
+
+def test_interrupt_query_cancels_only_an_ad_hoc_query(engine):
+    import threading
+    import time
+
+    assert engine.interrupt_query() is False  # nothing running: nothing to stop
+    engine.execute_script("CREATE TABLE t (v INT); INSERT INTO t SELECT range FROM range(3000);")
+    stopper = threading.Timer(0.3, engine.interrupt_query)
+    stopper.start()
+    started = time.monotonic()
+    state = _sqlstate(lambda: engine.execute_script(
+        "SELECT count(*) AS n FROM t a, t b, t c WHERE (a.v * 7 + b.v * 13 + c.v) % 1000003 = 17"))
+    assert state == "57014" and time.monotonic() - started < 10
+    engine.execute_script("FLUSH")  # the engine goes on as before

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from sqlstream.errors import (
     FeatureNotSupported,
     InvalidParameterValue,
     ObjectChanged,
+    SqlStreamError,
     UndefinedTable,
 )
 from sqlstream.plan.explain import explain_plan
@@ -115,6 +117,9 @@ class Engine:
         self._rows_in_ckpt = 0
         self._rows_out_ckpt = 0
         self._frozen = False
+        # interrupt_query() comes from other threads; it may only ever stop an ad-hoc query.
+        self._query_lock = threading.Lock()
+        self._querying = False
         try:
             self._recover()
         except BaseException:
@@ -604,14 +609,29 @@ class Engine:
 
     def _do_Query(self, stmt: st.Query) -> Result:
         bound = bind_query(stmt.query, self._queryable)
+        with self._query_lock:
+            self._querying = True
         try:
             rel = self.con.sql(bound.query.sql("duckdb"))
             types = [from_duckdb(str(t)) for t in rel.types]
             rows = rel.fetchall()
+        except duckdb.InterruptException as e:
+            raise SqlStreamError("canceling statement due to user request", sqlstate="57014") from e
         except duckdb.Error as e:  # a runtime error (a bad cast, ...) with its SQLSTATE
             raise duckdb_error(e) from e
+        finally:
+            with self._query_lock:
+                self._querying = False
         cols = [Column(n, t) for n, t in zip(rel.columns, types, strict=True)]
         return Result(f"SELECT {len(rows)}", cols, rows)
+
+    def interrupt_query(self) -> bool:
+        """Cancel the ad-hoc SELECT running now, if one is (thread-safe; never an epoch)."""
+        with self._query_lock:
+            if self._querying:
+                self.con.interrupt()
+                return True
+        return False
 
     def _queryable(self, name: str) -> list[Column] | None:
         if name in self.sources:
