@@ -18,48 +18,20 @@ True
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.connectors.counter_hash import field_key
+from sqlstream.connectors.counter_hash import hash_rows as _hash
+
 # --------------------------------------------------------------------------------------------
 # Counter-based hashing (splitmix64, the same construction as datagen)
 
-_MASK = (1 << 64) - 1
-_GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
-_NP_GOLDEN, _NP_M1, _NP_M2 = np.uint64(_GOLDEN), np.uint64(_M1), np.uint64(_M2)
 _LOW32 = np.uint64(0xFFFFFFFF)
 
-
-def _mix64(x: int) -> int:
-    z = (x + _GOLDEN) & _MASK
-    z = ((z ^ (z >> 30)) * _M1) & _MASK
-    z = ((z ^ (z >> 27)) * _M2) & _MASK
-    return z ^ (z >> 31)
-
-
-def field_key(seed: int, name: str) -> int:
-    """The hash key of one random field (stable across Python runs, unlike ``hash()``)."""
-    digest = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
-    return _mix64(_mix64(seed & _MASK) ^ digest)
-
-
-def _hash(ev: np.ndarray, key: int) -> np.ndarray:
-    """64 random-looking bits per event number (uint64); in place where possible."""
-    z = ev.view(np.uint64) * _NP_GOLDEN
-    z += np.uint64(key)
-    t = z >> 30
-    z ^= t
-    z *= _NP_M1
-    np.right_shift(z, 27, out=t)
-    z ^= t
-    z *= _NP_M2
-    np.right_shift(z, 31, out=t)
-    z ^= t
-    return z
 
 
 def _below_hi(h: np.ndarray, n: np.ndarray | int) -> np.ndarray:
