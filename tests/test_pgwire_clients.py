@@ -419,3 +419,21 @@ def test_tables_with_insert_update_delete(pipeline: ServerProcess):
     assert "accounts" in out.stdout and "table" in out.stdout
     out = psql(pipeline, "-c", r"\d accounts")
     assert 'Table "public.accounts"' in out.stdout and "numeric(12,2)" in out.stdout
+
+
+def test_the_same_job_file_runs_embedded(raw_rows, catalog_dsn: str, tmp_path: Path):
+    """What `psql -f job.sql` built on the server, `sqlstream run job.sql` builds embedded."""
+    from sqlstream.config import Settings
+    from sqlstream.engine.engine import Engine
+    from sqlstream.engine.loop import JobOptions, run_engine
+
+    engine = Engine(Settings(data_dir=tmp_path), catalog_dsn)
+    try:
+        engine.execute_script(JOB)
+        run_engine(engine, JobOptions(once=True))
+        rows = [tuple(r.values()) for r in engine.query(
+            "SELECT customer, orders, total, last_ts FROM per_customer ORDER BY customer"
+        ).to_pylist()]
+    finally:
+        engine.close()
+    assert rows == expected_per_customer(raw_rows)
