@@ -6,6 +6,10 @@ the change of the query's rows for the touched groups (old row -1, new row +1), 
 EMIT ON WINDOW CLOSE, nothing until the watermark passes a window's end, when its final rows
 are emitted once and its state dropped. Windows behind the watermark drop their state either
 way: late rows never reach them (the reader drops and counts rows behind the watermark).
+
+Under EMIT ON WINDOW CLOSE nothing is emitted per batch, so nothing needs merging per batch
+either: each batch's partials are appended to an append log, and a window's partials are
+combined once, when it closes (FACTS: 2-12x faster than merging every batch), then deleted.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import pyarrow as pa
 
 from sqlstream.engine.operator import Operator
 from sqlstream.plan.nodes import Aggregate
+from sqlstream.state.append_log import AppendLog
 from sqlstream.state.table import StateTable, merge_partial, qi
 
 
@@ -23,13 +28,15 @@ class AggregateOperator(Operator):
 
     def __init__(self, con: duckdb.DuckDBPyConnection, node: Aggregate, operator_id: str) -> None:
         super().__init__(con, node, operator_id)
-        self.state = StateTable(
-            con, operator_id, node.keys, [(a.name, a.duck_type) for a in node.accumulators]
+        columns = [(a.name, a.duck_type) for a in node.accumulators]
+        self.partials = (
+            AppendLog(con, operator_id, node.keys + columns) if node.emit_on_window_close else None
         )
+        self.state = StateTable(con, operator_id, node.keys, columns)
 
     @property
-    def state_tables(self) -> list[StateTable]:
-        return [self.state]
+    def state_tables(self) -> list[StateTable | AppendLog]:
+        return [self.partials] if self.partials is not None else [self.state]
 
     def initial(self) -> pa.Table | None:
         return self._init_global()
@@ -61,6 +68,9 @@ class AggregateOperator(Operator):
         partials = ", ".join(f"{a.partial_sql} AS {qi(a.name)}" for a in spec.accumulators)
         group = f" GROUP BY {keys}" if keys else " HAVING count(*) > 0"
         partial_sql = f"SELECT {keys + ', ' if keys else ''}{partials} FROM ({spec.pre_sql}){group}"
+        if self.partials is not None:
+            self.partials.append(self.sql(partial_sql, batch))
+            return None
         keep = "TRUE" if spec.is_global else '"_rows" <> 0'
         self.con.register("__in", batch)
         try:
@@ -83,6 +93,8 @@ class AggregateOperator(Operator):
         if end is None:
             return None
         closed = f"epoch_us({end}) <= {watermark_us}"
+        if self.partials is not None:
+            return self._close_partials(closed)
         table = self.state.table
         if not self.con.sql(f"SELECT count(*) FROM {table} s WHERE {closed}").fetchall()[0][0]:
             return None
@@ -95,3 +107,17 @@ class AggregateOperator(Operator):
         )
         self.con.execute(f"DELETE FROM {table} AS s WHERE {closed}")
         return out
+
+    def _close_partials(self, closed: str) -> pa.Table | None:
+        """Combine the partials of the closed windows into their final rows, then drop them."""
+        log = self.partials
+        assert log is not None
+        keys = ", ".join(qi(k) for k, _ in self.node.keys)
+        combined = ", ".join(
+            f"{a.combine}(s.{qi(a.name)})::{a.duck_type} AS {qi(a.name)}"
+            for a in self.node.accumulators
+        )
+        rows = f"(SELECT {keys}, {combined} FROM {log.table} s WHERE {closed} GROUP BY {keys})"
+        out = self._rows_of(rows, None)
+        log.delete_where(closed)
+        return out if out.num_rows else None

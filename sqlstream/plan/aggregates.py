@@ -96,7 +96,10 @@ def accumulators(
     m = f"_{call.key}{i}"
     fn = "least" if isinstance(call, exp.Min) else "greatest"
     return [
-        Accumulator(m, arg_type or "VARCHAR", f"{call.key}({value})", f"{fn}(o.{q(m)}, p.{q(m)})")
+        Accumulator(
+            m, arg_type or "VARCHAR", f"{call.key}({value})", f"{fn}(o.{q(m)}, p.{q(m)})",
+            combine=call.key,
+        )
     ], q(m)
 
 

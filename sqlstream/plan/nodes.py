@@ -90,6 +90,8 @@ class Accumulator:
     duck_type: str
     partial_sql: str  # over the pre-projection of a batch
     merge_sql: str  # combines o.<name> (old) and p.<name> (partial); NULL-safe
+    #: the aggregate combining many partials at once ('sum', 'min' or 'max')
+    combine: str = "sum"
 
 
 @dataclass(eq=False)
