@@ -95,3 +95,38 @@ def test_windows_over_a_table_follow_updates_and_deletes(sql):
     # Windows [5, 15), [10, 20), [15, 25) hold the rows at :12 (v=1) and :15 (v=5).
     assert sql("SELECT window_start::VARCHAR AS w, s::INT AS s FROM h ORDER BY w") == [
         ("2024-01-01 00:00:05", 1), ("2024-01-01 00:00:10", 6), ("2024-01-01 00:00:15", 5)]
+
+
+def test_top_n_over_append_only_input_keeps_only_the_top_rows(catalog_dsn, tmp_data_dir):
+    from sqlstream.engine.loop import JobOptions, run_engine
+
+    e = Engine(Settings(data_dir=tmp_data_dir, checkpoint_interval=0.0, batch_rows=500), catalog_dsn)
+    try:
+        e.execute_script(
+            "CREATE SOURCE g (id BIGINT, v BIGINT) WITH (connector = 'datagen', "
+            "datagen.rows.per.second = '0', datagen.rows.total = '5000', fields.id.kind = 'sequence',"
+            " fields.v.min = '0', fields.v.max = '100000');"
+            "CREATE MATERIALIZED VIEW top5 AS SELECT id, v FROM g ORDER BY v DESC, id LIMIT 5;"
+        )
+        run_engine(e, JobOptions(once=True))
+        top = e.query("SELECT id, v FROM top5 ORDER BY v DESC, id").to_pylist()
+        (op,) = [o for o in e.pipelines["top5"].operators if "Recompute" in type(o).__name__]
+        assert op.inputs[0].row_count() == 5  # not the 5000 rows seen
+    finally:
+        e.close()
+    import duckdb
+
+    from sqlstream.connectors.base import ConnectorContext
+    from sqlstream.connectors.datagen.source import DatagenSource
+    from sqlstream.types import Column
+
+    src = DatagenSource(ConnectorContext("g", "", tmp_data_dir),
+                        [Column("id", "bigint"), Column("v", "bigint")],
+                        {"datagen.rows.per.second": "0", "datagen.rows.total": "5000",
+                         "fields.id.kind": "sequence", "fields.v.min": "0",
+                         "fields.v.max": "100000"}, None)
+    src.seek({})
+    con = duckdb.connect()
+    con.register("g", src.poll(10_000).data)
+    want = con.sql("SELECT id, v FROM g ORDER BY v DESC, id LIMIT 5").fetchall()
+    assert [(r["id"], r["v"]) for r in top] == want

@@ -149,6 +149,12 @@ class RecomputeOperator(Operator):
         else:
             self.con.execute(f"DELETE FROM {out.table}")
         self.con.execute(f"INSERT INTO {out.table} SELECT * FROM __new")
+        if self.node.prune_input:
+            # Without keys the input rows hash like the output rows: keep just the top ones.
+            (state,) = self.inputs
+            self.con.execute(f"INSERT INTO {state.dirty} SELECT __h FROM {state.table}")
+            self.con.execute(f"DELETE FROM {state.table}")
+            self.con.execute(f"INSERT INTO {state.table} SELECT * FROM {out.table}")
         return delta if delta.num_rows else None
 
     # -- watermarks -----------------------------------------------------------------------

@@ -136,12 +136,17 @@ class Recompute(Node):
     #: index of the key column holding a window bound, and its end SQL (over key alias k)
     window_end_sql: str | None = None
     emit_on_window_close: bool = False
+    #: keep only the rows in the output as the input state (Top-N over append-only input:
+    #: a row outside the top can never come back, since nothing above it is ever deleted)
+    prune_input: bool = False
 
     def label(self) -> str:
         keys = len(self.key_types)
         state = "state: inputs and output, keyed" if keys else "state: inputs and output"
         if self.window_end_sql:
             state += ", dropped when the watermark passes the window end"
+        if self.prune_input:
+            state = "state: the top rows only"
         emit = " emit=on window close" if self.emit_on_window_close else ""
         by = f" by {keys} key column{'s' if keys != 1 else ''}" if keys else " (whole input)"
         return f"{self.what}, recomputed per key{by}{emit} [{state}]"

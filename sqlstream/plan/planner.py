@@ -683,7 +683,7 @@ class Planner:
             query += f" OFFSET {offset.expression.sql(D)}"
         return Recompute(
             node.columns, True, [node], {}, what="TopN (ORDER BY ... LIMIT)",
-            key_sql=[[]], key_types=[], query_sql=query,
+            key_sql=[[]], key_types=[], query_sql=query, prune_input=not node.retracting,
         )  # fmt: skip
 
 
