@@ -1,0 +1,14 @@
+-- Q11: user sessions — DOES NOT RUN.
+-- Needs session windows, which sqlstream does not have (docs/sql.md lists TUMBLE and HOP only).
+-- RisingWave does not run it either. Attempts and the errors they got:
+--
+--   SELECT B.bidder, count(*) AS bid_count,
+--          SESSION_START(B.date_time, INTERVAL '10' SECOND) AS starttime,
+--          SESSION_END(B.date_time, INTERVAL '10' SECOND) AS endtime
+--   FROM bid B GROUP BY B.bidder, SESSION(B.date_time, INTERVAL '10' SECOND);
+-- -> CatalogException: Catalog Error: Scalar Function with name session does not exist!
+--
+--   SELECT bidder, count(*) AS bid_count, window_start, window_end
+--   FROM SESSION(bid, date_time, INTERVAL '10' SECOND)
+--   GROUP BY bidder, window_start, window_end;
+-- -> 42601 syntax error at or near "'10'"

@@ -1,0 +1,14 @@
+-- Q12: processing-time windows — DOES NOT RUN.
+-- Needs PROCTIME() as a column to window on; sqlstream has no such function (and refuses
+-- non-deterministic functions, docs/sql.md). Attempts and the errors they got:
+--
+--   SELECT bidder, count(*) AS bid_count, window_start, window_end
+--   FROM TUMBLE((SELECT *, PROCTIME() AS p_time FROM bid), p_time, INTERVAL '10' SECOND)
+--   GROUP BY bidder, window_start, window_end;
+-- -> CatalogException: Catalog Error: Table Function with name tumble does not exist!
+--    (TUMBLE over a subquery is not recognised)
+--
+--   WITH b AS (SELECT *, PROCTIME() AS p_time FROM bid)
+--   SELECT bidder, count(*) AS bid_count, window_start, window_end
+--   FROM TUMBLE(b, p_time, INTERVAL '10' SECOND) GROUP BY bidder, window_start, window_end;
+-- -> 42883 Catalog Error: Scalar Function with name proctime does not exist!

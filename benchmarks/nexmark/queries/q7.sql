@@ -1,0 +1,19 @@
+-- Q7: highest bid (TUMBLE 10 s + join)
+CREATE MATERIALIZED VIEW nexmark_q7 AS
+SELECT B.auction, B.price, B.bidder, B.date_time
+FROM bid B
+JOIN (
+  SELECT MAX(price) AS maxprice, window_end AS date_time
+  FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND)
+  GROUP BY window_end
+) B1 ON B.price = B1.maxprice
+WHERE B.date_time BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time;
+-- batch:
+SELECT B.auction, B.price, B.bidder, B.date_time
+FROM bid B
+JOIN (
+  SELECT MAX(price) AS maxprice,
+         time_bucket(INTERVAL '10 seconds', date_time, TIMESTAMP '1970-01-01') + INTERVAL '10 seconds' AS date_time
+  FROM bid GROUP BY 2
+) B1 ON B.price = B1.maxprice
+WHERE B.date_time BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time;
