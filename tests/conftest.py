@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -105,9 +106,11 @@ def two_phase_available(pg_dsn: str) -> bool:
     return max_prepared_transactions(pg_dsn) > 0
 
 
-@pytest.fixture
-def catalog_dsn(pg_dsn: str) -> Iterator[str]:
-    name = f"sqlstream_t_{secrets.token_hex(6)}"
+@contextlib.contextmanager
+def fresh_database(pg_dsn: str, prefix: str = "sqlstream_t") -> Iterator[str]:
+    """A new empty database on the test server, dropped afterwards (``WITH (FORCE)``, so
+    connections a test leaked do not block it)."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
@@ -117,6 +120,12 @@ def catalog_dsn(pg_dsn: str) -> Iterator[str]:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+@pytest.fixture
+def catalog_dsn(pg_dsn: str) -> Iterator[str]:
+    with fresh_database(pg_dsn) as dsn:
+        yield dsn
 
 
 @pytest.fixture

@@ -8,17 +8,13 @@ one batch over the tables' current rows — same rows, same multiplicities.
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
+from conftest import fresh_database
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from psycopg import sql
 
 from sqlstream.config import Settings
 from sqlstream.engine.engine import Engine
@@ -111,20 +107,6 @@ OPS = st.one_of(
 )
 
 
-@contextlib.contextmanager
-def fresh_catalog(pg_dsn: str) -> Iterator[str]:
-    from conftest import with_dbname
-
-    name = f"sqlstream_h_{secrets.token_hex(5)}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_dbname(pg_dsn, name)
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def _norm(rows: list[dict]) -> list[tuple]:
     def v(x: object) -> object:
         return round(x, 6) if isinstance(x, float) else x
@@ -140,7 +122,7 @@ def _check(engine: Engine, views: dict[str, str], oracle: dict[str, str]) -> Non
 
 
 def _run(pg_dsn: str, views: dict[str, str], oracle: dict[str, str], ops: list[str]) -> None:
-    with fresh_catalog(pg_dsn) as dsn:
+    with fresh_database(pg_dsn, "sqlstream_h") as dsn:
         data_dir = Path(tempfile.mkdtemp(prefix="sqlstream-h-"))
         settings_ = Settings(data_dir=data_dir, checkpoint_interval=3600)
         engine = Engine(settings_, dsn)

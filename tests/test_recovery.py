@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 import psycopg
 import pytest
+from conftest import fresh_database
 
 ROWS = 240_000
 
@@ -84,18 +85,14 @@ def _write_job(tmp: Path, name: str) -> tuple[Path, Path]:
     return job, out
 
 
-def test_sigkill_at_random_moments_gives_exactly_once(pg_dsn, tmp_data_dir, request):
-    from conftest import with_dbname
+def test_sigkill_at_random_moments_gives_exactly_once(pg_dsn, tmp_data_dir):
+    with fresh_database(pg_dsn) as clean_dsn, fresh_database(pg_dsn) as dsn:
+        _kill_and_compare(clean_dsn, dsn, tmp_data_dir)
 
-    def fresh_db(name: str) -> str:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {name}")
-        request.addfinalizer(lambda: _drop(pg_dsn, name))
-        return with_dbname(pg_dsn, name)
+
+def _kill_and_compare(clean_dsn: str, dsn: str, tmp_data_dir: Path) -> None:
 
     # The failure-free run.
-    clean_dsn = fresh_db("sqlstream_recovery_clean")
     job, out = _write_job(tmp_data_dir, "clean")
     p = _run(job, clean_dsn, tmp_data_dir / "clean")
     assert p.wait(120) == 0, p.stderr.read().decode()
@@ -103,7 +100,6 @@ def test_sigkill_at_random_moments_gives_exactly_once(pg_dsn, tmp_data_dir, requ
     assert len(expected["per_second_out"]) > 20 and len(expected["big_bids"]) > 50
 
     # The same job, killed again and again.
-    dsn = fresh_db("sqlstream_recovery_crashy")
     job, out = _write_job(tmp_data_dir, "crashy")
     rng = random.Random(int(os.environ.get("SQLSTREAM_TEST_SEED", "5")))
     kills = 0
@@ -128,11 +124,6 @@ def test_sigkill_at_random_moments_gives_exactly_once(pg_dsn, tmp_data_dir, requ
     got = _contents(dsn, out)
     for name in expected:
         assert got[name] == expected[name], name
-
-
-def _drop(pg_dsn: str, name: str) -> None:
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(autouse=True)

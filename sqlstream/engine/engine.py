@@ -249,7 +249,7 @@ class Engine:
             wm_sql = stmt.watermark.expr.sql("duckdb")
         return SourceDef(stmt.name, stmt.columns, stmt.options, stmt.format, wm_col, wm_sql)
 
-    def _connector(self, src: SourceDef, consumer: str) -> Source:
+    def _connector(self, src: SourceDef) -> Source:
         connector = src.options.get("connector")
         if not connector:
             raise InvalidParameterValue(f'source "{src.name}" has no connector option')
@@ -260,7 +260,7 @@ class Engine:
         src = self._source_def(stmt)
         if src.on_error not in ("dead_letter", "skip", "fail"):
             raise InvalidParameterValue("on_error must be 'dead_letter', 'skip' or 'fail'")
-        self._connector(src, "").close()  # validates connector and options now, not later
+        self._connector(src).close()  # validates connector and options now, not later
         row = ObjectRow(stmt.name, "source", stmt.text, stmt.options, stmt.columns, _fingerprint(stmt.text))
         with self.store.conn.transaction(), self.store.conn.cursor() as cur:
             self.store.insert_object(row, cur)
@@ -313,7 +313,7 @@ class Engine:
                 reader = Reader(
                     name,
                     src.name,
-                    self._connector(src, name),
+                    self._connector(src),
                     src.watermark_column,
                     src.watermark_sql,
                     on_error=src.on_error,

@@ -17,10 +17,10 @@ smallest offset still needed.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import duckdb
+import numpy as np
 import psycopg
 import pyarrow as pa
 from psycopg import sql
@@ -82,7 +82,7 @@ class Table:
         self.duck = qi(f"tbl_{name}")
         self.pg = sql.Identifier(PG_SCHEMA, name)
         self.pg_log = sql.Identifier(PG_SCHEMA, f"{name}__log")
-        self._ids = itertools.count()
+        self._next_id = 0
         unknown = [k for k in primary_key if k not in self.names]
         if unknown:
             raise UndefinedColumn(f'column "{unknown[0]}" named in key does not exist')
@@ -144,7 +144,7 @@ class Table:
             self.con.unregister("__load")
         if not self.primary_key:
             top = self.con.sql(f"SELECT max({ROW_ID}) FROM {self.duck}").fetchall()[0][0]
-            self._ids = itertools.count((top or 0) + 1)
+            self._next_id = (top or 0) + 1
 
     def drop(self, cur: psycopg.Cursor) -> None:
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(self.pg, self.pg_log))
@@ -268,7 +268,8 @@ class Table:
 
     def _apply(self, inserts: pa.Table | None, deletes: pa.Table | None) -> int:
         if inserts is not None and not self.primary_key and ROW_ID not in inserts.column_names:
-            ids = pa.array([next(self._ids) for _ in range(inserts.num_rows)], pa.int64())
+            ids = pa.array(np.arange(self._next_id, self._next_id + inserts.num_rows, dtype=np.int64))
+            self._next_id += inserts.num_rows
             inserts = inserts.add_column(0, ROW_ID, ids)
         if inserts is not None:
             self._check(inserts, deletes)
