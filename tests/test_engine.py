@@ -76,6 +76,9 @@ def test_explain_shows_maintenance_decisions(engine):
     assert "emit=on window close" in text
     assert "dropped when the watermark passes the window end" in text
     assert "WindowAssign TUMBLE(ts, INTERVAL" in text
+    # the filter and the window assignment run inside the aggregate's fold (one statement)
+    assert "emit=on window close over WindowAssign TUMBLE(ts, INTERVAL '10' SECONDS) + Filter" in text
+    assert len(res.rows) == 3, text
     assert "Scan gen (source, watermark ts - INTERVAL" in text
     (res,) = engine.execute_script(
         "EXPLAIN CREATE MATERIALIZED VIEW u AS SELECT k, count(*) AS n FROM gen GROUP BY k"

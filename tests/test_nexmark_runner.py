@@ -43,3 +43,20 @@ def test_check_reports_a_difference(runner) -> None:  # type: ignore[no-untyped-
     b = pa.table({"x": [1, 2], "y": [0.5, 1.0]})
     assert runner.differences(a, a) == []
     assert runner.differences(a, b) == ["only in view: ('2', '1.0')"]
+
+
+def test_throughput_runs_are_sinks_into_blackhole(runner, catalog_dsn: str, tmp_data_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    from sqlstream.sql import statements as st
+    from sqlstream.sql.parser import parse
+
+    for name in runner.ALL_QUERIES:
+        q = runner.Query(name)
+        if q.view is None:
+            continue
+        *_, last = parse(runner.sources_sql(10) + ";\n" + q.script("blackhole"))
+        assert isinstance(last, st.CreateSink), name
+        assert last.name == f"nexmark_{name}" and last.options["connector"] == "blackhole"
+    rate, rows = runner.run_stream(
+        runner.Query("q1"), 3000, catalog_dsn, tmp_data_dir / "bh", 1.0, into="blackhole"
+    )
+    assert rate > 0 and rows is None

@@ -9,8 +9,11 @@ optionally ``-- batch:`` and the DuckDB batch formulation (needed where the view
 TUMBLE/HOP or Postgres-only functions; otherwise the view's SELECT is run as is). A file with
 no CREATE statement (only comments) is a query that does not run; its comment says why.
 
-Every figure is events (of all types) per second of wall time. The streaming run is measured
-with checkpoints every 1 s and again with checkpoints only at the end; each streaming run is a
+Every figure is events (of all types) per second of wall time. For throughput each query runs
+as a sink into ``blackhole`` (as RisingWave's and Arroyo's Nexmark runs do: the figure is the
+query, not the cost of storing every output row), or with ``--into view`` as the materialized
+view itself (its contents kept in DuckDB and checkpointed to Postgres). The streaming run is
+measured with checkpoints every 1 s and again with checkpoints only at the end; each streaming run is a
 fresh process (spawned), so "peak RSS" is that run's own peak (``resource.getrusage``).
 Without --catalog a throwaway embedded Postgres is started in a temporary directory.
 ``--check`` compares the view's rows (after the bounded run) with the batch result and exits
@@ -72,6 +75,15 @@ class Query:
     def view_name(self) -> str:
         return f"nexmark_{self.name}"
 
+    def script(self, into: str) -> str:
+        """The query's statements, the last one as a view or as a sink into ``blackhole``."""
+        assert self.view is not None
+        if into == "view":
+            return self.view
+        head, sep, last = self.view.rpartition("CREATE MATERIALIZED VIEW")
+        last = last.strip().rstrip(";")
+        return f"{head}CREATE SINK {last}\nWITH (connector = 'blackhole');"
+
 
 def _comment(text: str) -> str:
     lines = [ln.strip().lstrip("-").strip() for ln in text.splitlines()]
@@ -131,9 +143,16 @@ def _reset_catalog(dsn: str) -> None:
 
 
 def run_stream(
-    q: Query, events: int, dsn: str, data_dir: Path, interval: float, fetch: bool = False
+    q: Query,
+    events: int,
+    dsn: str,
+    data_dir: Path,
+    interval: float,
+    fetch: bool = False,
+    into: str = "view",
 ) -> tuple[float, pa.Table | None]:
-    """Events/s of the view over a bounded run (``run --once``), and its rows if ``fetch``."""
+    """Events/s of the query over a bounded run (``run --once``), and the view's rows if
+    ``fetch``."""
     _reset_catalog(dsn)
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
@@ -141,7 +160,7 @@ def run_stream(
     engine = Engine(Settings(data_dir=data_dir, checkpoint_interval=interval), dsn)
     try:
         engine.con.execute("SET enable_progress_bar = false")  # keep the table readable
-        engine.execute_script(sources_sql(events) + ";\n" + q.view)
+        engine.execute_script(sources_sql(events) + ";\n" + q.script(into))
         started = time.perf_counter()
         run_engine(engine, JobOptions(once=True))
         rate = events / (time.perf_counter() - started)
@@ -152,19 +171,21 @@ def run_stream(
 
 
 def _stream_child(args: tuple) -> tuple[float, int]:  # type: ignore[type-arg]
-    name, events, dsn, data_dir, interval = args
-    rate, _ = run_stream(Query(name), events, dsn, Path(data_dir), interval)
+    name, events, dsn, data_dir, interval, into = args
+    rate, _ = run_stream(Query(name), events, dsn, Path(data_dir), interval, into=into)
     return rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
 def run_stream_isolated(
-    q: Query, events: int, dsn: str, data_dir: Path, interval: float, timeout: float
+    q: Query, events: int, dsn: str, data_dir: Path, interval: float, timeout: float, into: str
 ) -> tuple[float, int] | None:
     """``run_stream`` in a fresh process: its rate and its own peak RSS (KiB); None when it
     takes longer than ``timeout`` seconds (the process is terminated)."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
-        job = pool.apply_async(_stream_child, ((q.name, events, dsn, str(data_dir), interval),))
+        job = pool.apply_async(
+            _stream_child, ((q.name, events, dsn, str(data_dir), interval, into),)
+        )
         try:
             return job.get(timeout)
         except multiprocessing.TimeoutError:
@@ -232,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--catalog", help="Postgres DSN (default: a throwaway embedded Postgres)")
     ap.add_argument("--check", action="store_true", help="compare view and batch rows")
     ap.add_argument(
+        "--into", choices=("blackhole", "view"), default="blackhole",
+        help="throughput runs: a sink into blackhole (default) or the materialized view",
+    )  # fmt: skip
+    ap.add_argument(
         "--timeout", type=float, default=300.0, help="seconds per streaming run (default 300)"
     )
     args = ap.parse_args(argv)
@@ -272,12 +297,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:6} does not run: {q.reason}")
                 continue
             b, _ = run_batch(q, args.events, paths)
-            first = run_stream_isolated(q, args.events, dsn, tmp / "data", 1.0, args.timeout)
+            first = run_stream_isolated(
+                q, args.events, dsn, tmp / "data", 1.0, args.timeout, args.into
+            )
             if first is None:
                 print(f"{name:6} {b:12,.0f} timed out after {args.timeout:.0f} s", flush=True)
                 continue
             s, rss = first
-            second = run_stream_isolated(q, args.events, dsn, tmp / "data", 3600.0, args.timeout)
+            second = run_stream_isolated(
+                q, args.events, dsn, tmp / "data", 3600.0, args.timeout, args.into
+            )
             n = second[0] if second else float("nan")
             print(
                 f"{name:6} {b:12,.0f} {s:12,.0f} {rss / 1024:7.0f}MB {s / b:6.2f} "

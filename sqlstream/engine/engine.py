@@ -31,7 +31,7 @@ from sqlstream.engine.build import operator_id
 from sqlstream.engine.changes import with_weights
 from sqlstream.engine.materialize import MaterializeOperator
 from sqlstream.engine.pipeline import Pipeline, SinkRunner
-from sqlstream.engine.reader import Reader
+from sqlstream.engine.reader import Reader, watermark_offset_us
 from sqlstream.engine.tables import Table, TableLogSource, duckdb_error
 from sqlstream.errors import (
     DataException,
@@ -73,6 +73,7 @@ class SourceDef:
     format: Format | None
     watermark_column: str | None
     watermark_sql: str | None
+    watermark_offset_us: int | None = None
 
     @property
     def on_error(self) -> str:
@@ -239,7 +240,7 @@ class Engine:
         return handler(stmt)
 
     def _source_def(self, stmt: st.CreateSource) -> SourceDef:
-        wm_col = wm_sql = None
+        wm_col = wm_sql = offset = None
         if stmt.watermark is not None:
             wm_col = stmt.watermark.column
             if wm_col not in {c.name for c in stmt.columns}:
@@ -247,7 +248,12 @@ class Engine:
                     f'WATERMARK FOR column "{wm_col}" does not exist', sqlstate="42703"
                 )
             wm_sql = stmt.watermark.expr.sql("duckdb")
-        return SourceDef(stmt.name, stmt.columns, stmt.options, stmt.format, wm_col, wm_sql)
+            wm_type = next(c.type for c in stmt.columns if c.name == wm_col)
+            offset = watermark_offset_us(self.con, stmt.watermark.expr, wm_col, wm_type)
+        return SourceDef(
+            stmt.name, stmt.columns, stmt.options, stmt.format, wm_col, wm_sql,
+            offset if wm_col else None,
+        )  # fmt: skip
 
     def _connector(self, src: SourceDef) -> Source:
         connector = src.options.get("connector")
@@ -317,6 +323,7 @@ class Engine:
                     src.watermark_column,
                     src.watermark_sql,
                     on_error=src.on_error,
+                    watermark_offset_us=src.watermark_offset_us,
                 )
                 if self._frozen:
                     reader.source.freeze()

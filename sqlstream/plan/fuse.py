@@ -2,7 +2,9 @@
 
 A filter over a window assignment over a projection is one statement per batch, not three:
 each step's ``__in`` becomes the step below it as a subquery, and DuckDB's optimizer does
-the rest.
+the rest. The steps under an aggregate go into its pre-projection the same way, so a batch
+is folded into partial aggregates by one statement, without materialising the filtered and
+windowed rows in between.
 
 >>> from sqlstream.types import Column
 >>> from sqlstream.plan.nodes import Scan, Stateless
@@ -18,18 +20,27 @@ from __future__ import annotations
 
 import re
 
-from sqlstream.plan.nodes import Node, Stateless
+from sqlstream.plan.nodes import Aggregate, Node, Stateless
 
 
 def fuse(node: Node) -> Node:
     node.inputs = [fuse(i) for i in node.inputs]
-    if isinstance(node, Stateless) and isinstance(node.inputs[0], Stateless):
-        inner = node.inputs[0]
-        if len(re.findall(r"\bFROM __in\b", node.sql)) == 1:
-            node.sql = _substitute_from(node.sql, inner.sql)
-            node.what = f"{inner.what} + {node.what}"
-            node.inputs = inner.inputs
+    if not node.inputs or not isinstance(node.inputs[0], Stateless):
+        return node
+    inner = node.inputs[0]
+    if isinstance(node, Stateless) and _reads_in_once(node.sql):
+        node.sql = _substitute_from(node.sql, inner.sql)
+        node.what = f"{inner.what} + {node.what}"
+        node.inputs = inner.inputs
+    elif isinstance(node, Aggregate) and _reads_in_once(node.pre_sql):
+        node.pre_sql = _substitute_from(node.pre_sql, inner.sql)
+        node.fused = inner.what
+        node.inputs = inner.inputs
     return node
+
+
+def _reads_in_once(sql: str) -> bool:
+    return len(re.findall(r"\bFROM __in\b", sql)) == 1
 
 
 def _substitute_from(outer_sql: str, inner_sql: str) -> str:

@@ -106,6 +106,8 @@ class Aggregate(Node):
     window_end_sql: str | None = None  # over state rows (alias s)
     emit_on_window_close: bool = False
     calls: list[str] = field(default_factory=list)
+    #: the stateless steps fused into ``pre_sql`` (see :mod:`sqlstream.plan.fuse`)
+    fused: str | None = None
 
     @property
     def is_global(self) -> bool:
@@ -117,7 +119,10 @@ class Aggregate(Node):
         state = f"state: {len(self.accumulators)} accumulators per group"
         if self.window_end_sql:
             state += ", dropped when the watermark passes the window end"
-        return f"Aggregate keys=[{keys}] calls=[{', '.join(self.calls)}] emit={emit} [{state}]"
+        fused = f" over {self.fused}" if self.fused else ""
+        return (
+            f"Aggregate keys=[{keys}] calls=[{', '.join(self.calls)}] emit={emit}{fused} [{state}]"
+        )
 
 
 @dataclass(eq=False)
