@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import duckdb
 import psycopg
 import pytest
 
@@ -269,3 +270,54 @@ def test_interrupt_query_cancels_only_an_ad_hoc_query(engine):
         "SELECT count(*) AS n FROM t a, t b, t c WHERE (a.v * 7 + b.v * 13 + c.v) % 1000003 = 17"))
     assert state == "57014" and time.monotonic() - started < 10
     engine.execute_script("FLUSH")  # the engine goes on as before
+
+
+PAD = """CREATE SOURCE padded (k BIGINT, v BIGINT, pad VARCHAR, ts TIMESTAMP,
+    WATERMARK FOR ts AS ts - INTERVAL '1 second')
+WITH (connector = 'datagen', datagen.rows.per.second = '0', datagen.rows.total = '3000',
+      fields.k.min = '1', fields.k.max = '5', fields.v.kind = 'sequence')"""
+
+
+@pytest.mark.parametrize(
+    "query, read",
+    [
+        ("SELECT k, sum(v) AS s FROM padded GROUP BY k", {"k", "v", "ts"}),
+        # the watermark column is read even when the query does not name it
+        ("SELECT count(*) AS n FROM padded", {"ts"}),
+        (
+            "SELECT window_start, count(*) AS n FROM TUMBLE(padded, ts, INTERVAL '1 second') "
+            "GROUP BY window_start",
+            {"ts"},
+        ),
+        # (the batch formulation of that TUMBLE is below)
+        ("SELECT * FROM (SELECT * FROM padded) p WHERE p.k > 2", {"k", "v", "pad", "ts"}),
+        (
+            "SELECT a.k, b.pad FROM padded a JOIN padded b ON a.k = b.v",
+            {"k", "v", "pad", "ts"},
+        ),
+    ],
+)
+def test_sources_produce_only_the_columns_a_query_reads(engine, query, read):
+    """Column pruning: unread columns come back NULL from the generator, results unchanged."""
+    engine.execute_script(PAD + f"; CREATE MATERIALIZED VIEW pv AS {query};")
+    (reader, *_) = engine.pipelines["pv"].readers
+    batch = reader.source.poll(100).data
+    reader.source.seek({})  # that poll went around the reader: read it again
+    produced = {n for n in batch.column_names if batch.column(n).null_count < batch.num_rows}
+    assert produced == read
+    run_engine(engine, JobOptions(once=True))
+    con = duckdb.connect()
+    src = engine._connector(engine.sources["padded"])  # noqa: SLF001 - a fresh, unpruned reader
+    src.seek({})
+    full = src.poll(10_000).data
+    assert full.column("pad").null_count == 0
+    con.register("padded", full)
+    if "TUMBLE" in query:  # its batch formulation
+        query = (
+            "SELECT time_bucket(INTERVAL '1 second', ts, TIMESTAMP '1970-01-01') AS ws, "
+            "count(*) FROM padded GROUP BY ws"
+        )
+    as_text = "SELECT COLUMNS(*)::VARCHAR FROM ({})"
+    expected = sorted(con.sql(as_text.format(query)).fetchall())
+    got = sorted(engine.con.sql(as_text.format("SELECT * FROM pv")).fetchall())
+    assert got == expected

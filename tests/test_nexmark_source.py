@@ -240,3 +240,18 @@ def test_end_to_end_through_the_engine(catalog_dsn, tmp_data_dir) -> None:
         assert min(r["auction"] for r in rows) >= 1000
     finally:
         engine.close()
+
+
+def test_pruned_columns_are_null_and_the_rest_unchanged() -> None:
+    full = make("Bid", {"nexmark.event.num": "5000"})
+    pruned = make("Bid", {"nexmark.event.num": "5000"})
+    pruned.use_columns({"price", "date_time"})
+    full.seek({})
+    pruned.seek({})
+    a, b = drain(full, [700]), drain(pruned, [700])
+    assert b.schema == a.schema and b.num_rows == a.num_rows
+    for name in a.column_names:
+        if name in ("price", "date_time"):
+            assert b.column(name).equals(a.column(name)), name
+        else:
+            assert b.column(name).null_count == b.num_rows, name

@@ -92,6 +92,13 @@ class Source(ABC):
     def poll(self, max_rows: int) -> SourceBatch | None:
         """Up to about ``max_rows`` rows available now, or None when there are none now."""
 
+    def use_columns(self, names: set[str]) -> None:
+        """The consumer reads only these columns; the others may come back as NULL.
+
+        A generator skips producing what nobody reads (column pruning, as every streaming
+        engine does at its scans). Called before the first ``poll``; the default reads all.
+        """
+
     def freeze(self) -> None:
         """Fix the end of input at what is available now (``run --once``).
 

@@ -89,6 +89,15 @@ def _fingerprint(text: str) -> str:
     return hashlib.sha256(normalize_sql(text).encode()).hexdigest()[:16]
 
 
+def _names_in(query: exp.Expression) -> set[str]:
+    """Every name a bound query mentions: a source column not among them is never read.
+
+    Deliberately coarse (any identifier counts, whatever it names), so that pruning can only
+    keep too much; ``*`` is already expanded by the binder.
+    """
+    return {i.name for i in query.find_all(exp.Identifier)}
+
+
 def _relations(plan: QueryPlan) -> list[str]:
     """The sources and views a plan reads, in order."""
     return list(dict.fromkeys(s.relation for s in plan.scans()))
@@ -311,6 +320,7 @@ class Engine:
                 sqlstate="42701",
             )
         plan = plan_query(name, bound.query, self._relation, emit_on_window_close=eowc)
+        named = _names_in(bound.query)
         readers = []
         upstream = []
         for rel in dict.fromkeys(scan.relation for scan in plan.scans()):
@@ -324,6 +334,9 @@ class Engine:
                     src.watermark_sql,
                     on_error=src.on_error,
                     watermark_offset_us=src.watermark_offset_us,
+                )
+                reader.source.use_columns(
+                    {c.name for c in src.schema if c.name in named or c.name == src.watermark_column}
                 )
                 if self._frozen:
                     reader.source.freeze()

@@ -528,6 +528,7 @@ class DatagenSource(Source):
         # keep each string column of a batch under Arrow's 2 GiB offset limit
         self._max_batch = (2**31 - 1) // widest if widest else 1 << 40
         self._arrow_schema = arrow_schema(schema)
+        self._wanted = set(names)
 
         n = self._n
         self._next = [0] * n  # per partition: rows produced (local count)
@@ -608,9 +609,18 @@ class DatagenSource(Source):
             idx = idx[(local >= np.array(nxt)[part]) & (local < np.array(lim)[part])]
         for p in range(n):
             nxt[p] = max(nxt[p], min(lim[p], _count_below(p, n, g_end)))
-        table = pa.Table.from_arrays([gen(idx) for gen in self._gens], schema=self._arrow_schema)
+        table = pa.Table.from_arrays(
+            [
+                gen(idx) if c.name in self._wanted else pa.nulls(len(idx), f.type)
+                for gen, c, f in zip(self._gens, self.schema, self._arrow_schema, strict=True)
+            ],
+            schema=self._arrow_schema,
+        )
         offsets = {str(p): p + nxt[p] * n for p in range(n)}
         return SourceBatch(table, offsets)
+
+    def use_columns(self, names: set[str]) -> None:
+        self._wanted = {c.name for c in self.schema if c.name in names}
 
     def freeze(self) -> None:
         if self._total is not None:

@@ -181,6 +181,7 @@ class NexmarkSource(Source):
                 self._casts[name] = arrow_type(col.type)
             self._columns.append(name)
         self._arrow_schema = arrow_schema(schema)
+        self._wanted = list(self._columns)
 
         self._next = list(range(self._n))  # per partition: next event number it owns
         self._resume_min = 0
@@ -244,12 +245,21 @@ class NexmarkSource(Source):
             ev = ev[ev >= np.asarray(nxt, dtype=np.int64)[ev % n]]
         for p in range(n):
             nxt[p] = max(nxt[p], _first_at_or_after(p, n, g_end))
-        cols = generate(table, ev, self._columns, cfg, self._keys)
+        cols = generate(table, ev, self._wanted, cfg, self._keys)
         arrays = [
-            cols[c].cast(self._casts[c]) if c in self._casts else cols[c] for c in self._columns
+            pa.nulls(len(ev), f.type)
+            if c not in cols
+            else cols[c].cast(self._casts[c])
+            if c in self._casts
+            else cols[c]
+            for c, f in zip(self._columns, self._arrow_schema, strict=True)
         ]
         data = pa.Table.from_arrays(arrays, schema=self._arrow_schema)
         return SourceBatch(data, {str(p): nxt[p] for p in range(n)})
+
+    def use_columns(self, names: set[str]) -> None:
+        lowered = {n.lower() for n in names}
+        self._wanted = [c for c in self._columns if c in lowered]
 
     def freeze(self) -> None:
         if self._total != _NO_LIMIT:
