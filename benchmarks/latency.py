@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import shutil
 import tempfile
 import threading
 import time
@@ -219,6 +220,7 @@ def main() -> None:
     finally:
         if pg:
             pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
