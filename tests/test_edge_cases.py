@@ -130,3 +130,15 @@ def test_top_n_over_append_only_input_keeps_only_the_top_rows(catalog_dsn, tmp_d
     con.register("g", src.poll(10_000).data)
     want = con.sql("SELECT id, v FROM g ORDER BY v DESC, id LIMIT 5").fetchall()
     assert [(r["id"], r["v"]) for r in top] == want
+
+
+def test_inner_join_of_duplicate_rows_multiplies_and_retracts(sql):
+    """Both sides hold duplicates (the projections drop the ids): 2 x 3 matches, then fewer."""
+    sql("CREATE TABLE a (id INT PRIMARY KEY, k INT); CREATE TABLE b (id INT PRIMARY KEY, k INT, w INT);"
+        "CREATE MATERIALIZED VIEW j AS SELECT x.k, y.w FROM (SELECT k FROM a) x "
+        "JOIN (SELECT k, w FROM b) y ON x.k = y.k;")
+    sql("INSERT INTO a VALUES (1, 1), (2, 1); FLUSH;")
+    assert sql("INSERT INTO b VALUES (1, 1, 5), (2, 1, 5), (3, 1, 5); FLUSH; SELECT * FROM j") == [(1, 5)] * 6
+    assert sql("DELETE FROM a WHERE id = 2; FLUSH; SELECT * FROM j") == [(1, 5)] * 3
+    assert sql("UPDATE b SET w = 6 WHERE id = 3; FLUSH; SELECT * FROM j") == [(1, 5), (1, 5), (1, 6)]
+    assert sql("UPDATE a SET k = 2 WHERE id = 1; FLUSH; SELECT * FROM j") == []

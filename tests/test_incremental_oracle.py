@@ -43,6 +43,12 @@ FAMILIES: dict[str, dict[str, str]] = {
         "j_full": "SELECT a.s, b.w FROM a FULL JOIN b ON a.k = b.k",
         "three_way": "SELECT a.id, b.id AS bid, c.id AS cid FROM a JOIN b ON a.k = b.k "
         "JOIN a AS c ON c.v = b.w",
+        # duplicate output rows and a residual: weights of both sides' multisets multiply
+        "j_residual": "SELECT a.k, b.w FROM a JOIN b ON a.k = b.k AND a.v < b.w",
+        "j_projected": "SELECT x.k, y.w FROM (SELECT k FROM a) x JOIN (SELECT k, w FROM b) y "
+        "ON x.k = y.k",
+        "j_aggregates": "SELECT x.k, x.n, y.sw FROM (SELECT k, count(*) AS n FROM a GROUP BY k) x "
+        "JOIN (SELECT k, sum(w) AS sw FROM b GROUP BY k) y ON x.k = y.k AND x.n <= y.sw",
     },
     "topn_distinct_sets": {
         "topn": "SELECT id, v FROM a ORDER BY v DESC, id LIMIT 3",

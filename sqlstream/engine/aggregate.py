@@ -101,11 +101,7 @@ class AggregateOperator(Operator):
         out = None
         if self.node.emit_on_window_close:
             out = self._rows_of(f"(SELECT * FROM {table} s WHERE {closed})", None)
-        self.con.execute(
-            f"INSERT INTO {self.state.dirty} SELECT {self.state._key_select('s')} "
-            f"FROM {table} s WHERE {closed}"
-        )
-        self.con.execute(f"DELETE FROM {table} AS s WHERE {closed}")
+        self.state.delete_where(closed)
         return out
 
     def _close_partials(self, closed: str) -> pa.Table | None:

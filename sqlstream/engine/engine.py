@@ -715,6 +715,9 @@ class Engine:
         return time.monotonic() - self.last_checkpoint_at >= self.settings.checkpoint_interval
 
     def checkpoint(self) -> CheckpointStats:
+        # The interval runs from one checkpoint's start to the next, so a slow commit does
+        # not stretch the period (and the latency bound) by its own duration.
+        started = time.monotonic()
         epoch = self.last_epoch + 1
         rows_out = sum(p.rows_out for p in self.pipelines.values())
         stats = commit_checkpoint(
@@ -731,7 +734,7 @@ class Engine:
         self._rows_out_ckpt = rows_out
         self.last_epoch = epoch
         self.last_checkpoint = stats
-        self.last_checkpoint_at = time.monotonic()
+        self.last_checkpoint_at = started
         return stats
 
     def metrics(self) -> dict[str, object]:

@@ -159,7 +159,8 @@ class Recompute(Node):
 
 @dataclass(eq=False)
 class DeltaJoin(Node):
-    """Inner join of two append-only inputs: ΔL ⋈ R + L ⋈ ΔR, output append-only."""
+    """Inner equi-join by deltas: ΔL ⋈ R + L' ⋈ ΔR; retracting when an input is (its sides
+    then multisets, weights multiplied)."""
 
     left_keys: list[str] = field(default_factory=list)  # SQL over a left row (alias l)
     right_keys: list[str] = field(default_factory=list)  # SQL over a right row (alias r)
@@ -170,6 +171,11 @@ class DeltaJoin(Node):
     expiry_sql: list[str | None] = field(default_factory=lambda: [None, None])
 
     def label(self) -> str:
+        if self.retracting:
+            state = "state: both inputs as multisets"
+            if any(self.expiry_sql):
+                state += ", dropped when the watermark passes the window end"
+            return f"DeltaJoin (inner join of retracting inputs, weights multiplied) [{state}]"
         kind = "interval join" if any(self.expiry_sql) else "inner join"
         state = "state: both inputs"
         if any(self.expiry_sql):

@@ -373,13 +373,22 @@ class Planner:
             )  # fmt: skip
             return Rel(node, bindings)
 
-        if side == "" and lkeys and not left.node.retracting and not right.node.retracting:
+        if side == "" and lkeys:
+            retracting = left.node.retracting or right.node.retracting
+            # Interval cleanup needs append-only sides (a later retraction of an old row
+            # would have to meet rows already dropped); a window key needs no such care:
+            # a closed window gets no more changes on either side.
+            expiry = (
+                _window_expiry(lkeys, rkeys, left, right)
+                if retracting
+                else _expiry(residual, left, right, la)
+            )
             node = DeltaJoin(
-                columns, False, [left.node, right.node], times,
+                columns, retracting, [left.node, right.node], times,
                 left_keys=[compile_expr(k, left, "__in") for k in lkeys],
                 right_keys=[compile_expr(k, right, "__in") for k in rkeys],
                 select_sql=", ".join(select_cols), residual_sql=residual_sql,
-                expiry_sql=_expiry(residual, left, right, la),
+                expiry_sql=expiry,
             )  # fmt: skip
             return Rel(node, bindings)
 
@@ -801,6 +810,25 @@ def _expiry(residual: list[exp.Expression], left: Rel, right: Rel, la: set[str])
         # watermark passes that, it can never match again.
         out[g[0]].append(f"({g[1]} + {g[2]} - {s[2]})")
     return [f"least({', '.join(x)})" if len(x) > 1 else (x[0] if x else None) for x in out]
+
+
+def _window_expiry(
+    lkeys: list[exp.Expression], rkeys: list[exp.Expression], left: Rel, right: Rel
+) -> list[str | None]:
+    """For a join on a window bound of both sides (``a.window_start = b.window_start``): the
+    window's end, per side, after which neither side changes for that key again."""
+    if not (_has_watermark(left) and _has_watermark(right)):
+        return [None, None]
+    for lk, rk in zip(lkeys, rkeys, strict=True):
+        if not (isinstance(lk, exp.Column) and isinstance(rk, exp.Column)):
+            continue
+        lc, rc = left.physical(lk), right.physical(rk)
+        lt, rt = left.node.times.get(lc or ""), right.node.times.get(rc or "")
+        if lt and rt and lt.kind != "event" and rt.kind != "event":
+            ends = [lt.end_sql(f"s.{q(lc)}"), rt.end_sql(f"s.{q(rc)}")]
+            if all(ends):
+                return ends
+    return [None, None]
 
 
 def rewrite(query: exp.Expression) -> exp.Expression:

@@ -91,6 +91,15 @@ class StateTable:
     def row_count(self) -> int:
         return self.con.sql(f"SELECT count(*) FROM {self.table}").fetchall()[0][0]
 
+    def delete_where(self, condition: str) -> None:
+        """Drop the rows matching ``condition`` (over alias ``s``), e.g. behind the watermark;
+        the next checkpoint deletes them in Postgres too."""
+        self.con.execute(
+            f"INSERT INTO {self.dirty} SELECT {self._key_select('s')} "
+            f"FROM {self.table} s WHERE {condition}"
+        )
+        self.con.execute(f"DELETE FROM {self.table} AS s WHERE {condition}")
+
     def _vnode(self, alias: str) -> str:
         if not self.keys:
             return "0::SMALLINT"
