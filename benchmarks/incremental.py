@@ -2,7 +2,7 @@
 against DuckDB running the same query as one batch over the same rows (already in memory),
 in the same run.
 
-    python benchmarks/incremental.py --rows 5000000 [--catalog postgresql://...]
+    python benchmarks/incremental.py [--rows 20000000] [--catalog postgresql://...]
 
 Without --catalog a throwaway embedded Postgres is started in a temporary directory.
 Checkpoints run at the default 1 s interval; the figure with checkpoints every hour is
@@ -97,7 +97,7 @@ def stream_rate(rows: int, query: str, dsn: str, data_dir: Path, interval: float
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=5_000_000)
+    ap.add_argument("--rows", type=int, default=20_000_000)
     ap.add_argument("--catalog")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sqlstream-bench-"))
