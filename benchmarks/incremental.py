@@ -12,13 +12,12 @@ printed beside it.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import duckdb
 
-from sqlstream.checkpoint.embedded import EmbeddedPostgres
+from sqlstream.checkpoint.embedded import scratch_catalog
 from sqlstream.config import Settings
 from sqlstream.connectors.base import ConnectorContext
 from sqlstream.connectors.datagen.source import DatagenSource
@@ -100,14 +99,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20_000_000)
     ap.add_argument("--catalog")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="sqlstream-bench-"))
-    tmp.chmod(0o711)
-    pg = None
-    dsn = args.catalog
-    if dsn is None:
-        pg = EmbeddedPostgres(tmp)
-        dsn = pg.start()
-    try:
+    with scratch_catalog(args.catalog, "sqlstream-bench-") as (dsn, tmp):
         print(f"{'query':16} {'batch rows/s':>14} {'stream rows/s':>14} {'ratio':>6} "
               f"{'no-ckpt rows/s':>15} {'ratio':>6}")
         for name, (query, batch_sql) in QUERIES.items():
@@ -115,9 +107,6 @@ def main() -> None:
             s = stream_rate(args.rows, query, dsn, tmp, 1.0)
             n = stream_rate(args.rows, query, dsn, tmp, 3600.0)
             print(f"{name:16} {b:14,.0f} {s:14,.0f} {s / b:6.2f} {n:15,.0f} {n / b:6.2f}")
-    finally:
-        if pg:
-            pg.stop()
 
 
 if __name__ == "__main__":

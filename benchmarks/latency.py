@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psycopg
 
-from sqlstream.checkpoint.embedded import EmbeddedPostgres
+from sqlstream.checkpoint.embedded import scratch_catalog
 
 JOB = """CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP)
 WITH (connector = 'nexmark', nexmark.table.type = 'Bid', nexmark.event.rate = '{rate}',
@@ -208,19 +206,8 @@ def main() -> None:
                     help="ignore rows created in the first seconds")
     ap.add_argument("--catalog", help="Postgres URL (default: a throwaway embedded Postgres)")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="sqlstream-latency-"))
-    tmp.chmod(0o711)
-    pg = None
-    dsn = args.catalog
-    if dsn is None:
-        pg = EmbeddedPostgres(tmp)
-        dsn = pg.start()
-    try:
+    with scratch_catalog(args.catalog, "sqlstream-latency-") as (dsn, tmp):
         measure(args, dsn, tmp)
-    finally:
-        if pg:
-            pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

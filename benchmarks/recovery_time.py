@@ -32,18 +32,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 
-from sqlstream.checkpoint.embedded import EmbeddedPostgres
+from sqlstream.checkpoint.embedded import scratch_catalog
 
 JOB = """CREATE SOURCE src (k BIGINT, v BIGINT)
 WITH (connector = 'datagen', datagen.rows.per.second = '{rate}',
@@ -223,14 +221,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=90.0, help="seconds per phase at most")
     ap.add_argument("--catalog", help="Postgres URL (default: a throwaway embedded Postgres)")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="sqlstream-recovery-"))
-    tmp.chmod(0o711)
-    pg = None
-    dsn = args.catalog
-    if dsn is None:
-        pg = EmbeddedPostgres(tmp)
-        dsn = pg.start()
-    try:
+    with scratch_catalog(args.catalog, "sqlstream-recovery-") as (dsn, tmp):
         job = tmp / "job.sql"
         job.write_text(JOB.format(rate=args.rate, last_key=args.keys - 1))
         cmd = [_sqlstream_bin(), "run", str(job), "--catalog", dsn, "--data-dir", str(tmp),
@@ -274,10 +265,6 @@ def main() -> None:
             print(f"restart -> first new output: median {statistics.median(totals):.2f} s "
                   f"(all: {', '.join(f'{x:.2f}' for x in totals)}); state load median "
                   f"{statistics.median(loads):.2f} s for {results[0]['state_rows']:,} rows")
-    finally:
-        if pg:
-            pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import psycopg
 
-from sqlstream.checkpoint.embedded import EmbeddedPostgres
+from sqlstream.checkpoint.embedded import scratch_catalog
 
 PIPELINE = """
 CREATE SOURCE events (id BIGINT, k INT, v DOUBLE PRECISION, ts TIMESTAMP)
@@ -95,13 +94,11 @@ def main() -> None:
     ap.add_argument("--catalog", help="catalog Postgres URL (default: a throwaway embedded one)")
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="sqlstream-load-"))
-    tmp.chmod(0o711)
-    pg = None
-    catalog = args.catalog
-    if catalog is None:
-        pg = EmbeddedPostgres(tmp / "catalog", settings={"fsync": "off"})
-        catalog = pg.start()
+    with scratch_catalog(args.catalog, "sqlstream-load-", {"fsync": "off"}) as (catalog, tmp):
+        load(args, catalog, tmp)
+
+
+def load(args: argparse.Namespace, catalog: str, tmp: Path) -> None:
     pg_port, http_port = free_port(), free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "sqlstream", "serve", "--catalog", catalog, "--data-dir", str(tmp),
@@ -160,8 +157,6 @@ def main() -> None:
             server.wait(60)
         except subprocess.TimeoutExpired:
             server.kill()
-        if pg is not None:
-            pg.stop()
 
 
 if __name__ == "__main__":

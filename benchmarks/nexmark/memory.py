@@ -35,7 +35,6 @@ import importlib.util
 import multiprocessing
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -315,17 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     names = args.queries.split(",")
 
-    from sqlstream.checkpoint.embedded import EmbeddedPostgres
+    from sqlstream.checkpoint.embedded import scratch_catalog
 
-    tmp = Path(tempfile.mkdtemp(prefix="sqlstream-nexmark-memory-"))
-    tmp.chmod(0o711)
-    pg = None
-    dsn = args.catalog
     bounded = True
-    try:
-        if dsn is None:
-            pg = EmbeddedPostgres(tmp)
-            dsn = pg.start()
+    with scratch_catalog(args.catalog, "sqlstream-nexmark-memory-") as (dsn, tmp):
         for name in names:
             q = _runner().Query(name)
             if q.view is None:
@@ -342,10 +334,6 @@ def main(argv: list[str] | None = None) -> int:
             bounded &= report(name, args.events, result, args.points, args.growth, args.share)
             sys.stdout.flush()
         return 0 if bounded else 1
-    finally:
-        if pg:
-            pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import re
 import resource
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sqlstream.checkpoint.embedded import EmbeddedPostgres
+from sqlstream.checkpoint.embedded import scratch_catalog
 from sqlstream.config import Settings
 from sqlstream.connectors.base import ConnectorContext
 from sqlstream.connectors.nexmark.generator import COLUMNS
@@ -262,14 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     names = ALL_QUERIES if args.queries == "all" else args.queries.split(",")
 
-    tmp = Path(tempfile.mkdtemp(prefix="sqlstream-nexmark-"))
-    tmp.chmod(0o711)
-    pg = None
-    dsn = args.catalog
-    try:
-        if dsn is None:
-            pg = EmbeddedPostgres(tmp)
-            dsn = pg.start()
+    with scratch_catalog(args.catalog, "sqlstream-nexmark-") as (dsn, tmp):
         if args.check:
             failed = False
             results = check(names, args.events, dsn, tmp)
@@ -314,10 +306,6 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         return 0
-    finally:
-        if pg:
-            pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -103,6 +104,31 @@ def find_pg_bin(major: str | None = None) -> Path:
     if on_path:
         return Path(on_path).resolve().parent
     raise CatalogError(f"no Postgres binaries found for the embedded catalog; {_INSTALL_HINT}")
+
+
+@contextlib.contextmanager
+def scratch_catalog(
+    dsn: str | None, prefix: str, settings: Mapping[str, str] | None = None
+) -> Iterator[tuple[str, Path]]:
+    """A temporary working directory and a catalog for a benchmark or a tool: ``dsn`` when
+    given, else a throwaway :class:`EmbeddedPostgres` inside the directory; both are gone
+    afterwards.
+
+    >>> with scratch_catalog(None, "sqlstream-bench-") as (dsn, work):  # doctest: +SKIP
+    ...     engine = Engine(Settings(data_dir=work / "data"), dsn)
+    """
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    work.chmod(0o711)  # the embedded server may run as another user (postgres, when root)
+    pg = None
+    try:
+        if dsn is None:
+            pg = EmbeddedPostgres(work / "catalog", settings=settings)
+            dsn = pg.start()
+        yield dsn, work
+    finally:
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class EmbeddedPostgres:

@@ -259,10 +259,7 @@ class Engine:
             wm_sql = stmt.watermark.expr.sql("duckdb")
             wm_type = next(c.type for c in stmt.columns if c.name == wm_col)
             offset = watermark_offset_us(self.con, stmt.watermark.expr, wm_col, wm_type)
-        return SourceDef(
-            stmt.name, stmt.columns, stmt.options, stmt.format, wm_col, wm_sql,
-            offset if wm_col else None,
-        )  # fmt: skip
+        return SourceDef(stmt.name, stmt.columns, stmt.options, stmt.format, wm_col, wm_sql, offset)
 
     def _connector(self, src: SourceDef) -> Source:
         connector = src.options.get("connector")

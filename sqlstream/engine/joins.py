@@ -26,11 +26,48 @@ from sqlstream.engine.recompute import row_hash
 from sqlstream.plan.nodes import DeltaJoin, TemporalJoin
 from sqlstream.state.append_log import AppendLog
 from sqlstream.state.table import StateTable, merge_partial, qi
-from sqlstream.types import duckdb_type
+from sqlstream.types import Schema, duckdb_type
 
 
 def _key_select(keys: list[str]) -> str:
     return ", ".join(f"{k} AS __k{i}" for i, k in enumerate(keys))
+
+
+def _multiset(
+    con: duckdb.DuckDBPyConnection, operator_id: str, key_types: list[str], columns: Schema
+) -> StateTable:
+    """A join side as distinct rows (join keys ``__k0..``, then the columns) with their count,
+    keyed by the row's hash: changes fold in by summing weights."""
+    values = [(f"__k{i}", t) for i, t in enumerate(key_types)]
+    values += [(c.name, duckdb_type(c.type)) for c in columns] + [("__count", "BIGINT")]
+    return StateTable(con, operator_id, keys=[("__h", "VARCHAR")], values=values)
+
+
+def _stage_changes(op: Operator, casts: str, columns: Schema, batch: pa.Table) -> None:
+    """The batch consolidated into temp table ``__ms`` (hash, keys, columns, summed weight):
+    a row inserted and retracted in one batch is gone."""
+    cols = ", ".join(qi(c.name) for c in columns)
+    weight = WEIGHT if WEIGHT in batch.column_names else "1"
+    op.run(
+        f"CREATE OR REPLACE TEMP TABLE __ms AS SELECT {row_hash([qi(c.name) for c in columns])} "
+        f"AS __h, * FROM (SELECT {casts}, {cols}, sum({weight})::BIGINT AS __count "
+        f"FROM __in GROUP BY ALL HAVING sum({weight}) <> 0)",
+        batch,
+    )
+
+
+def _merge_staged(state: StateTable) -> None:
+    """Add ``__ms`` (see :func:`_stage_changes`) to the multiset ``state``."""
+    merges = {n: f"p.{qi(n)}" for n, _ in state.values}
+    merges["__count"] = "coalesce(o.__count, 0) + p.__count"
+    merge_partial(state, "SELECT * FROM __ms", merges, "__count <> 0")
+
+
+def _key_casts(keys: list[str], key_types: list[str]) -> str:
+    """The join key columns ``__k0..`` of a row, cast to the types both sides share."""
+    return ", ".join(
+        f"CAST({k} AS {t}) AS __k{i}" for i, (k, t) in enumerate(zip(keys, key_types, strict=True))
+    )
 
 
 def _on(n: int, residual: str | None) -> str:
@@ -46,17 +83,17 @@ class DeltaJoinOperator(Operator):
     def __init__(self, con: duckdb.DuckDBPyConnection, node: DeltaJoin, operator_id: str) -> None:
         super().__init__(con, node, operator_id)
         self.key_types = self._key_types()
-        self.sides: list[AppendLog | StateTable] = []
-        for side, child in zip(("left", "right"), node.inputs, strict=True):
-            columns = [(f"__k{i}", t) for i, t in enumerate(self.key_types)] + [
-                (c.name, duckdb_type(c.type)) for c in child.columns
-            ]
-            self.sides.append(
-                StateTable(con, f"{operator_id}_{side}", [("__h", "VARCHAR")],
-                           [*columns, ("__count", "BIGINT")])
-                if node.retracting
-                else AppendLog(con, f"{operator_id}_{side}", columns)
-            )  # fmt: skip
+        self.sides: list[AppendLog | StateTable] = [
+            _multiset(con, f"{operator_id}_{side}", self.key_types, child.columns)
+            if node.retracting
+            else AppendLog(
+                con,
+                f"{operator_id}_{side}",
+                [(f"__k{i}", t) for i, t in enumerate(self.key_types)]
+                + [(c.name, duckdb_type(c.type)) for c in child.columns],
+            )
+            for side, child in zip(("left", "right"), node.inputs, strict=True)
+        ]
 
     def _key_types(self) -> list[str]:
         from sqlstream.plan.planner import _key_types
@@ -69,9 +106,7 @@ class DeltaJoinOperator(Operator):
 
     def process(self, port: int, batch: pa.Table) -> pa.Table | None:
         keys = self.node.left_keys if port == 0 else self.node.right_keys
-        casts = ", ".join(
-            f"CAST({k} AS {t}) AS __k{i}" for i, (k, t) in enumerate(zip(keys, self.key_types, strict=True))
-        )
+        casts = _key_casts(keys, self.key_types)
         if self.node.retracting:
             return self._process_weighted(port, batch, casts)
         delta = self.sql(f"SELECT {casts}, * FROM __in", batch)
@@ -94,27 +129,16 @@ class DeltaJoinOperator(Operator):
         """Δ ⋈ other side's multiset, weights multiplied; then Δ joins this side's multiset."""
         own, other = self.sides[port], self.sides[1 - port]
         assert isinstance(own, StateTable)
-        cols = [qi(c.name) for c in self.node.inputs[port].columns]
-        keys = [f"__k{i}" for i in range(len(self.key_types))]
-        weight = WEIGHT if WEIGHT in batch.column_names else "1"
-        # consolidated: a row inserted and retracted in one batch meets nothing
-        self.run(
-            f"CREATE OR REPLACE TEMP TABLE __dj AS SELECT {row_hash(keys + cols)} AS __h, * "
-            f"FROM (SELECT {casts}, {', '.join(cols)}, sum({weight})::BIGINT AS __count "
-            f"FROM __in GROUP BY ALL HAVING sum({weight}) <> 0)",
-            batch,
-        )
-        left, right = ("__dj", other.table) if port == 0 else (other.table, "__dj")
+        _stage_changes(self, casts, self.node.inputs[port].columns, batch)
+        left, right = ("__ms", other.table) if port == 0 else (other.table, "__ms")
         out = self.con.sql(
             # one output row per unit of weight, each +1 or -1, as every edge carries
             f"SELECT j.* EXCLUDE (__c), sign(j.__c)::BIGINT AS {WEIGHT} FROM ("
-            f"SELECT {self.node.select_sql}, l.__count * r.__count AS __c "
-            f"FROM {left} AS l JOIN {right} AS r ON {_on(len(keys), self.node.residual_sql)}"
+            f"SELECT {self.node.select_sql}, l.__count * r.__count AS __c FROM {left} AS l "
+            f"JOIN {right} AS r ON {_on(len(self.key_types), self.node.residual_sql)}"
             f") j, range(abs(j.__c))"
         ).to_arrow_table()
-        merges = {n: f"p.{qi(n)}" for n, _ in own.values}
-        merges["__count"] = "coalesce(o.__count, 0) + p.__count"
-        merge_partial(own, "SELECT * FROM __dj", merges, "__count <> 0")
+        _merge_staged(own)
         return out if out.num_rows else None
 
     def on_watermark(self, watermark_us: int) -> pa.Table | None:
@@ -134,43 +158,21 @@ class TemporalJoinOperator(Operator):
         from sqlstream.plan.planner import _key_types
 
         self.key_types = _key_types([node.left_keys], [node.inputs[0]])
-        right = node.inputs[1]
-        self.lookup = StateTable(
-            con,
-            f"{operator_id}_lookup",
-            keys=[("__h", "VARCHAR")],
-            values=[(f"__k{i}", t) for i, t in enumerate(self.key_types)]
-            + [(c.name, duckdb_type(c.type)) for c in right.columns]
-            + [("__count", "BIGINT")],
-        )
+        self.lookup = _multiset(con, f"{operator_id}_lookup", self.key_types, node.inputs[1].columns)
 
     @property
     def state_tables(self) -> list[StateTable]:
         return [self.lookup]
 
-    def _casts(self, keys: list[str]) -> str:
-        return ", ".join(
-            f"CAST({k} AS {t}) AS __k{i}" for i, (k, t) in enumerate(zip(keys, self.key_types, strict=True))
-        )
-
     def process(self, port: int, batch: pa.Table) -> pa.Table | None:
         if port == 1:
-            cols = [qi(c.name) for c in self.node.inputs[1].columns]
-            weight = WEIGHT if WEIGHT in batch.column_names else "1"
-            self.run(
-                f"CREATE OR REPLACE TEMP TABLE __d AS SELECT {row_hash(cols)} AS __h, * FROM ("
-                f"SELECT {self._casts(self.node.right_keys)}, {', '.join(cols)}, "
-                f"sum({weight})::BIGINT AS __count FROM __in GROUP BY ALL HAVING sum({weight}) <> 0)",
-                batch,
-            )
-            merges = {n: f"p.{qi(n)}" for n, _ in self.lookup.values}
-            merges["__count"] = "coalesce(o.__count, 0) + p.__count"
-            merge_partial(self.lookup, "SELECT * FROM __d", merges, "__count <> 0")
+            _stage_changes(self, _key_casts(self.node.right_keys, self.key_types), self.node.inputs[1].columns, batch)
+            _merge_staged(self.lookup)
             return None
         join = "LEFT JOIN" if self.node.outer else "JOIN"
         right = f"(SELECT t.* EXCLUDE (__h, __count) FROM {self.lookup.table} t, range(t.__count))"
         out = self.sql(
-            f"SELECT {self.node.select_sql} FROM (SELECT {self._casts(self.node.left_keys)}, * "
+            f"SELECT {self.node.select_sql} FROM (SELECT {_key_casts(self.node.left_keys, self.key_types)}, * "
             f"FROM __in) AS l {join} {right} AS r "
             f"ON {_on(len(self.key_types), self.node.residual_sql)}",
             batch,
