@@ -1,8 +1,10 @@
-"""Bulk transfer between Arrow and Postgres through COPY in CSV.
+"""Bulk transfer between Arrow and Postgres through COPY.
 
-CSV is the fastest path measured here (FACTS: ~0.76 s per million narrow rows) and keeps
-types exact: pyarrow quotes every string and leaves NULLs unquoted-empty, which is precisely
-how Postgres' CSV COPY tells an empty string from NULL.
+Into Postgres: binary COPY when the caller names the target columns' types and every one has
+an exact binary encoding (:mod:`sqlstream.formats.pgbinary`, about twice as fast as CSV for
+numbers and timestamps); CSV otherwise. CSV keeps types exact too: pyarrow quotes every string
+and leaves NULLs unquoted-empty, which is precisely how Postgres' CSV COPY tells an empty
+string from NULL.
 """
 
 from __future__ import annotations
@@ -15,16 +17,33 @@ import pyarrow.csv as pacsv
 from psycopg import sql
 
 from sqlstream.formats.encode import encode_csv
+from sqlstream.formats.pgbinary import HEADER, TRAILER, binary_encodable, binary_rows
 
 #: rows encoded per COPY chunk: bounds the memory of one encoded piece
 COPY_CHUNK_ROWS = 100_000
 
 
-def copy_in(cur: psycopg.Cursor, target: sql.Composable, table: pa.Table) -> int:
-    """COPY ``table`` into ``target`` (a table name, optionally with a column list)."""
+def copy_in(
+    cur: psycopg.Cursor,
+    target: sql.Composable,
+    table: pa.Table,
+    pg_types: list[str] | None = None,
+) -> int:
+    """COPY ``table`` into ``target`` (a table name, optionally with a column list).
+
+    ``pg_types``, the Postgres types of the target columns in ``table``'s order, allows binary
+    COPY; give it only where the target's types are known to be exactly these.
+    """
     if table.num_rows == 0:
         return 0
     table = table.combine_chunks()
+    if pg_types is not None and binary_encodable(table.schema, pg_types):
+        with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(target)) as copy:
+            copy.write(HEADER)
+            for offset in range(0, table.num_rows, COPY_CHUNK_ROWS):
+                copy.write(binary_rows(table.slice(offset, COPY_CHUNK_ROWS), pg_types))
+            copy.write(TRAILER)
+        return table.num_rows
     with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(target)) as copy:
         for offset in range(0, table.num_rows, COPY_CHUNK_ROWS):
             copy.write(encode_csv(table.slice(offset, COPY_CHUNK_ROWS), header=False))

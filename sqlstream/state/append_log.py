@@ -95,7 +95,7 @@ class AppendLog:
         if gone.num_rows:
             tmp = sql.Identifier(f"_gone_{self.operator_id}")
             cur.execute(sql.SQL("CREATE TEMP TABLE {} (__row bigint) ON COMMIT DROP").format(tmp))
-            copy_in(cur, tmp, gone)
+            copy_in(cur, tmp, gone, ["bigint"])
             cur.execute(
                 sql.SQL("DELETE FROM {} t USING {} g WHERE t.__row = g.__row").format(
                     self.pg_table, tmp
@@ -110,7 +110,7 @@ class AppendLog:
             f"SELECT ({qi(ROW_ID)} % 256)::SMALLINT AS vnode, * "
             f"FROM {self.table} WHERE {qi(ROW_ID)} >= {self.checkpointed}"
         ).to_arrow_table()
-        copy_in(cur, self.pg_table, rows)
+        copy_in(cur, self.pg_table, rows, [t for _, t in self.pg_columns()])
         self.checkpointed = self.next_row
         return rows.num_rows, gone.num_rows
 

@@ -150,7 +150,8 @@ class StateTable:
         if not self.con.sql(f"SELECT count(*) FROM {self.dirty}").fetchall()[0][0]:
             return 0, 0
         upserts, deletes = self.delta()
-        names = [n for n, _ in self.pg_columns()]
+        pg_types = dict(self.pg_columns())
+        names = list(pg_types)
         key = ["vnode", *self.key_names]
         if deletes.num_rows:
             tmp = sql.Identifier(f"_del_{self.operator_id}")
@@ -158,7 +159,12 @@ class StateTable:
                 sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(tmp, self.pg_table)
             )
             cols = sql.SQL(", ").join(sql.Identifier(n) for n in deletes.column_names)
-            copy_in(cur, sql.SQL("{} ({})").format(tmp, cols), deletes)
+            copy_in(
+                cur,
+                sql.SQL("{} ({})").format(tmp, cols),
+                deletes,
+                [pg_types[n] for n in deletes.column_names],
+            )
             # Postgres cannot hash-join on IS NOT DISTINCT FROM, so match keys with "=" (which
             # the unique index serves), and only the rare keys holding a NULL the slow way,
             # narrowed by vnode.
@@ -184,7 +190,7 @@ class StateTable:
             cur.execute(
                 sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(tmp, self.pg_table)
             )
-            copy_in(cur, tmp, upserts)
+            copy_in(cur, tmp, upserts, [pg_types[n] for n in upserts.column_names])
             cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
             updates = [n for n in names if n not in key]
             on_conflict = (

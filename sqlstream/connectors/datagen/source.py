@@ -451,6 +451,9 @@ def _uuid_chars(idx: np.ndarray, key: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # The source
 
+#: rows generated per piece of a batch: the hash's passes over a piece stay in the CPU cache
+#: (3-4x faster than passes over a whole million-row batch)
+_CHUNK_ROWS = 1 << 17
 _FIELD_OPTIONS = ("kind", "start", "end", "min", "max", "length", "values", "seed")
 _NO_LIMIT = 2**62
 
@@ -609,15 +612,21 @@ class DatagenSource(Source):
             idx = idx[(local >= np.array(nxt)[part]) & (local < np.array(lim)[part])]
         for p in range(n):
             nxt[p] = max(nxt[p], min(lim[p], _count_below(p, n, g_end)))
-        table = pa.Table.from_arrays(
+        table = pa.Table.from_batches(
+            [self._generate(idx[i : i + _CHUNK_ROWS]) for i in range(0, len(idx), _CHUNK_ROWS)],
+            schema=self._arrow_schema,
+        )
+        offsets = {str(p): p + nxt[p] * n for p in range(n)}
+        return SourceBatch(table, offsets)
+
+    def _generate(self, idx: np.ndarray) -> pa.RecordBatch:
+        return pa.RecordBatch.from_arrays(
             [
                 gen(idx) if c.name in self._wanted else pa.nulls(len(idx), f.type)
                 for gen, c, f in zip(self._gens, self.schema, self._arrow_schema, strict=True)
             ],
             schema=self._arrow_schema,
         )
-        offsets = {str(p): p + nxt[p] * n for p in range(n)}
-        return SourceBatch(table, offsets)
 
     def use_columns(self, names: set[str]) -> None:
         self._wanted = {c.name for c in self.schema if c.name in names}

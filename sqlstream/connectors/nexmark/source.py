@@ -74,6 +74,11 @@ _POSITIVE = {
 }  # fmt: skip
 
 
+#: events generated per piece of a batch: the generator's passes over a piece stay in the CPU
+#: cache, which is several times faster than passes over a whole million-event batch
+_CHUNK_EVENTS = 1 << 17
+
+
 def _castable(natural: str, declared: str) -> bool:
     """Whether a declared column type can hold the generated values (ids and prices in
     narrower or wider numbers, times with or without a zone, anything as text)."""
@@ -245,7 +250,14 @@ class NexmarkSource(Source):
             ev = ev[ev >= np.asarray(nxt, dtype=np.int64)[ev % n]]
         for p in range(n):
             nxt[p] = max(nxt[p], _first_at_or_after(p, n, g_end))
-        cols = generate(table, ev, self._wanted, cfg, self._keys)
+        data = pa.Table.from_batches(
+            [self._generate(ev[i : i + _CHUNK_EVENTS]) for i in range(0, len(ev), _CHUNK_EVENTS)],
+            schema=self._arrow_schema,
+        )
+        return SourceBatch(data, {str(p): nxt[p] for p in range(n)})
+
+    def _generate(self, ev: np.ndarray) -> pa.RecordBatch:
+        cols = generate(self._table, ev, self._wanted, self._cfg, self._keys)
         arrays = [
             pa.nulls(len(ev), f.type)
             if c not in cols
@@ -254,8 +266,7 @@ class NexmarkSource(Source):
             else cols[c]
             for c, f in zip(self._columns, self._arrow_schema, strict=True)
         ]
-        data = pa.Table.from_arrays(arrays, schema=self._arrow_schema)
-        return SourceBatch(data, {str(p): nxt[p] for p in range(n)})
+        return pa.RecordBatch.from_arrays(arrays, schema=self._arrow_schema)
 
     def use_columns(self, names: set[str]) -> None:
         lowered = {n.lower() for n in names}

@@ -1,0 +1,150 @@
+"""Arrow → Postgres binary COPY, vectorised.
+
+Postgres parses its binary COPY format about twice as fast as CSV (no number, float or
+timestamp text to parse), and encoding it from Arrow is cheaper too: each column becomes one
+Arrow binary array of ``length + big-endian value`` per row, and one element-wise join glues
+the columns into rows. No per-row Python.
+
+Binary COPY needs each value in exactly the column's own type (an ``int8`` column takes 8
+bytes, nothing else), so :func:`encode_binary` is given the target columns' Postgres types
+and returns ``None`` for any column it cannot encode exactly (numeric, interval, arrays,
+json...); the caller then falls back to CSV.
+
+>>> import pyarrow as pa
+>>> t = pa.table({"a": pa.array([1, None], pa.int64()), "s": ["x", None]})
+>>> data = encode_binary(t, ["bigint", "varchar"])
+>>> data[:11] == SIGNATURE, len(data)
+(True, 50)
+>>> encode_binary(t, ["numeric", "varchar"]) is None
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+HEADER = SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # flags, extension length
+TRAILER = b"\xff\xff"
+_NULL = pa.scalar(b"\xff\xff\xff\xff", pa.binary())  # field length -1
+
+#: microseconds and days from the Unix epoch to Postgres' epoch (2000-01-01)
+_PG_EPOCH_US = 946_684_800_000_000
+_PG_EPOCH_DAYS = 10_957
+
+_Encoder = Callable[[pa.Array], np.ndarray]
+
+
+def _ints(width: int) -> _Encoder:
+    return lambda a: pc.fill_null(a, 0).to_numpy().astype(f"i{width}")
+
+
+def _floats(width: int) -> _Encoder:
+    return lambda a: pc.fill_null(a, 0).to_numpy().astype(f"f{width}")
+
+
+def _micros(a: pa.Array) -> np.ndarray:
+    us = pc.cast(a, pa.timestamp("us", a.type.tz)) if a.type.unit != "us" else a
+    return pc.fill_null(us.cast(pa.int64()), 0).to_numpy() - np.int64(_PG_EPOCH_US)
+
+
+def _days(a: pa.Array) -> np.ndarray:
+    return pc.fill_null(a.cast(pa.int32()), 0).to_numpy() - np.int32(_PG_EPOCH_DAYS)
+
+
+def _time_us(a: pa.Array) -> np.ndarray:
+    us = pc.cast(a, pa.time64("us")) if a.type != pa.time64("us") else a
+    return pc.fill_null(us.cast(pa.int64()), 0).to_numpy()
+
+
+def _bools(a: pa.Array) -> np.ndarray:
+    return pc.fill_null(a, False).to_numpy(zero_copy_only=False).astype(np.uint8)
+
+
+#: Postgres type → (accepts this Arrow type?, fixed-width encoder)
+_FIXED: dict[str, tuple[Callable[[pa.DataType], bool], _Encoder]] = {
+    "smallint": (lambda t: pa.types.is_integer(t) and t.bit_width <= 16, _ints(2)),
+    "integer": (
+        lambda t: pa.types.is_integer(t) and t.bit_width <= 32 and t != pa.uint32(),
+        _ints(4),
+    ),
+    "bigint": (lambda t: pa.types.is_integer(t) and t != pa.uint64(), _ints(8)),
+    "real": (pa.types.is_float32, _floats(4)),
+    "double precision": (lambda t: pa.types.is_float32(t) or pa.types.is_float64(t), _floats(8)),
+    "boolean": (pa.types.is_boolean, _bools),
+    "timestamp": (lambda t: pa.types.is_timestamp(t) and t.tz is None, _micros),
+    "timestamptz": (lambda t: pa.types.is_timestamp(t) and t.tz is not None, _micros),
+    "date": (pa.types.is_date32, _days),
+    "time": (pa.types.is_time, _time_us),
+}
+_TEXT = {"varchar", "text"}
+
+
+def _fixed_field(values: np.ndarray, valid: pa.Array | None) -> pa.Array:
+    """``int32 length + value`` per row (or ``-1`` for a NULL) as one binary array."""
+    width = values.dtype.itemsize
+    # the structured assignment below does the byte swap to network order
+    cells = np.empty(len(values), dtype=[("len", ">i4"), ("v", values.dtype.newbyteorder(">"))])
+    cells["len"] = width
+    cells["v"] = values
+    field = pa.Array.from_buffers(
+        pa.binary(4 + width), len(values), [None, pa.py_buffer(cells.tobytes())]
+    ).cast(pa.binary())
+    return field if valid is None else pc.if_else(valid, field, _NULL)
+
+
+def _bytes_field(a: pa.Array) -> pa.Array:
+    raw = a.cast(pa.binary())
+    lengths = pc.fill_null(pc.binary_length(raw), 0).to_numpy().astype(">i4")
+    prefix = pa.Array.from_buffers(pa.binary(4), len(raw), [None, pa.py_buffer(lengths.tobytes())])
+    joined = pc.binary_join_element_wise(prefix.cast(pa.binary()), raw, b"")
+    return pc.fill_null(joined, _NULL) if raw.null_count else joined
+
+
+def _field_encoder(t: pa.DataType, pg_type: str) -> Callable[[pa.Array], pa.Array] | None:
+    if pg_type in _TEXT and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        return _bytes_field
+    if pg_type == "bytea" and (pa.types.is_binary(t) or pa.types.is_large_binary(t)):
+        return _bytes_field
+    accepts_encode = _FIXED.get(pg_type)
+    if accepts_encode is None or not accepts_encode[0](t):
+        return None
+    encode = accepts_encode[1]
+    return lambda a: _fixed_field(encode(a), pc.is_valid(a) if a.null_count else None)
+
+
+def binary_encodable(schema: pa.Schema, pg_types: list[str]) -> bool:
+    """Whether every column of ``schema`` has an exact binary encoding as its Postgres type."""
+    return len(pg_types) == len(schema) and all(
+        _field_encoder(f.type, t) is not None for f, t in zip(schema, pg_types, strict=True)
+    )
+
+
+def binary_rows(table: pa.Table, pg_types: list[str]) -> pa.Buffer:
+    """The rows of a binary COPY stream (between :data:`HEADER` and :data:`TRAILER`); the
+    types must be :func:`binary_encodable`."""
+    fields = []
+    for column, pg_type in zip(table.columns, pg_types, strict=True):
+        encode = _field_encoder(column.type, pg_type)
+        assert encode is not None, "check binary_encodable first"
+        fields.append(encode(column.combine_chunks()))
+    if not table.num_rows:
+        return pa.py_buffer(b"")
+    count = pa.scalar(table.num_columns.to_bytes(2, "big"), pa.binary())
+    rows = pc.binary_join_element_wise(count, *fields, b"")
+    offsets = np.frombuffer(
+        rows.buffers()[1], dtype=np.int32, count=len(rows) + 1, offset=rows.offset * 4
+    )
+    return rows.buffers()[2][offsets[0] : offsets[-1]]
+
+
+def encode_binary(table: pa.Table, pg_types: list[str]) -> bytes | None:
+    """The whole binary COPY stream of ``table`` into columns of ``pg_types``, or ``None``
+    when some column has no exact binary encoding here."""
+    if not binary_encodable(table.schema, pg_types):
+        return None
+    return b"".join((HEADER, binary_rows(table, pg_types), TRAILER))
