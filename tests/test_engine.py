@@ -321,3 +321,22 @@ def test_sources_produce_only_the_columns_a_query_reads(engine, query, read):
     expected = sorted(con.sql(as_text.format(query)).fetchall())
     got = sorted(engine.con.sql(as_text.format("SELECT * FROM pv")).fetchall())
     assert got == expected
+
+
+def test_where_conditions_over_both_sides_become_the_inner_join_condition(engine):
+    # FROM a, b WHERE a.k = b.k is an equi-join (maintained by deltas), not a cross join
+    # filtered afterwards (which could only be recomputed over the whole input)
+    engine.execute_script(GEN + ";")
+    (res,) = engine.execute_script(
+        "EXPLAIN CREATE MATERIALIZED VIEW j AS SELECT a.k, b.v FROM gen a, gen b "
+        "WHERE a.k = b.k AND a.v < b.v AND a.v > 2"
+    )
+    text = "\n".join(r[0] for r in res.rows)
+    assert "DeltaJoin" in text and "recomputed" not in text, text
+    # under an outer join the WHERE condition stays a filter above the join
+    (res,) = engine.execute_script(
+        "EXPLAIN CREATE MATERIALIZED VIEW j2 AS SELECT a.k, b.v FROM gen a LEFT JOIN gen b "
+        "ON a.k = b.k WHERE b.v IS NULL OR a.v < b.v"
+    )
+    text = "\n".join(r[0] for r in res.rows)
+    assert text.index("Filter") < text.index("Join LEFT"), text

@@ -49,6 +49,12 @@ FAMILIES: dict[str, dict[str, str]] = {
         "ON x.k = y.k",
         "j_aggregates": "SELECT x.k, x.n, y.sw FROM (SELECT k, count(*) AS n FROM a GROUP BY k) x "
         "JOIN (SELECT k, sum(w) AS sw FROM b GROUP BY k) y ON x.k = y.k AND x.n <= y.sw",
+        # WHERE conditions over both sides of inner joins become their ON conditions...
+        "j_comma": "SELECT a.id, b.id AS bid, c.id AS cid FROM a, b, a AS c "
+        "WHERE a.k = b.k AND a.v < b.w AND c.v = b.w AND a.v > 0",
+        # ...but not under an outer join, where WHERE also drops NULL-padded rows
+        "j_left_where": "SELECT a.id, b.id AS bid FROM a LEFT JOIN b ON a.k = b.k "
+        "WHERE b.w IS NULL OR a.v < b.w",
     },
     "topn_distinct_sets": {
         "topn": "SELECT id, v FROM a ORDER BY v DESC, id LIMIT 3",

@@ -167,11 +167,10 @@ class Planner:
         for arg, what in [("qualify", "QUALIFY"), ("windows", "WINDOW clauses")]:
             if sel.args.get(arg):
                 raise _refuse(what)
-        rel = self.from_(sel)
-        where = sel.args.get("where")
+        rel, where = self.from_(sel)
         if where is not None:
-            topn = self._topn_filter(rel, where.this)
-            rel = topn or self._filter(rel, where.this)
+            topn = self._topn_filter(rel, where)
+            rel = topn or self._filter(rel, where)
         calls = [a for e in sel.expressions for a in _aggregates(e)]
         having = sel.args.get("having")
         if having is not None:
@@ -200,14 +199,27 @@ class Planner:
 
     # -- FROM ----------------------------------------------------------------------------
 
-    def from_(self, sel: exp.Select) -> Rel:
+    def from_(self, sel: exp.Select) -> tuple[Rel, exp.Expression | None]:
+        """The FROM clause's relation, and what is left of the WHERE condition.
+
+        When every join is inner, WHERE conditions over two sides become that join's ON
+        condition (``FROM a, b WHERE a.id = b.id`` is the equi-join it means, not a cross
+        join filtered afterwards). Under an outer join they stay where they are: there a WHERE
+        condition also removes NULL-padded rows, which an ON condition would not.
+        """
         source = sel.args.get("from_")
         if source is None:
             raise _refuse("a query without FROM")
+        where = sel.args.get("where")
+        rest = _conjuncts(where.this) if where is not None else []
+        joins = sel.args.get("joins") or []
+        inner = all((j.side or "") == "" and (j.kind or "").lower() in ("", "inner", "cross") for j in joins)
         rel = self.table(source.this)
-        for join in sel.args.get("joins") or []:
+        for join in joins:
+            if inner and rest and not join.this.args.get("version"):
+                join, rest = _push_into_join(join, rel.aliases, rest)
             rel = self.join(rel, join)
-        return rel
+        return rel, exp.and_(*rest) if rest else None
 
     def table(self, t: exp.Expression) -> Rel:
         if isinstance(t, exp.Subquery):
@@ -829,6 +841,38 @@ def _window_expiry(
             if all(ends):
                 return ends
     return [None, None]
+
+
+def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
+    condition = condition.unnest()
+    return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+
+
+def _push_into_join(
+    join: exp.Join, left_aliases: set[str], conjuncts: list[exp.Expression]
+) -> tuple[exp.Join, list[exp.Expression]]:
+    """Move the conditions over the join's right side and the relations before it (and
+    nothing else) into its ON condition; returns the join and the conditions left over."""
+    right = join.this.alias_or_name
+    moved, rest = [], []
+    for c in conjuncts:
+        refs = references(c)
+        pushable = (
+            right in refs
+            and refs <= left_aliases | {right}
+            and "" not in refs
+            and refs != {right}
+            and c.find(exp.Subquery, exp.Select) is None
+        )
+        (moved if pushable else rest).append(c)
+    if not moved:
+        return join, conjuncts
+    join = join.copy()
+    on = join.args.get("on")
+    join.set("on", exp.and_(*([on] if on is not None else []), *(m.copy() for m in moved)))
+    if (join.kind or "").lower() == "cross":
+        join.set("kind", None)
+    return join, rest
 
 
 def rewrite(query: exp.Expression) -> exp.Expression:
