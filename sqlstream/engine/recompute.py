@@ -149,6 +149,8 @@ class RecomputeOperator(Operator):
         else:
             self.con.execute(f"DELETE FROM {out.table}")
         self.con.execute(f"INSERT INTO {out.table} SELECT * FROM __new")
+        if self.node.keep_sql and affected:
+            self._prune(affected, self.node.keep_sql)
         if self.node.prune_input:
             # Without keys the input rows hash like the output rows: keep just the top ones.
             (state,) = self.inputs
@@ -156,6 +158,18 @@ class RecomputeOperator(Operator):
             self.con.execute(f"DELETE FROM {state.table}")
             self.con.execute(f"INSERT INTO {state.table} SELECT * FROM {out.table}")
         return delta if delta.num_rows else None
+
+    def _prune(self, affected: str, keep: str) -> None:
+        """Drop the touched keys' input rows that fail ``keep`` (ranked over distinct rows,
+        which ranks no row lower than with duplicates counted: it keeps a superset)."""
+        (state,) = self.inputs
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE __drop AS SELECT __in.__h FROM ("
+            f"SELECT s.* FROM {state.table} s SEMI JOIN {affected} a "
+            f"ON {not_distinct('s', 'a', self.keys)}) AS __in QUALIFY NOT ({keep})"
+        )
+        self.con.execute(f"INSERT INTO {state.dirty} SELECT __h FROM __drop")
+        self.con.execute(f"DELETE FROM {state.table} s USING __drop d WHERE s.__h = d.__h")
 
     # -- watermarks -----------------------------------------------------------------------
 

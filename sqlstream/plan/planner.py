@@ -629,21 +629,42 @@ class Planner:
             raise _refuse("window functions with different PARTITION BY in one query level")
         partition = list(windows[0].args.get("partition_by") or [])
         keys = [compile_expr(p, rel) for p in partition]
-        # Ties are broken by every column, so recomputing a partition ranks rows as before.
+        # Where the order among peers decides the result (row_number, lag, a ROWS frame...),
+        # ties are broken by every column, so recomputing a partition orders rows as before.
+        # Functions that treat peers alike (rank, a RANGE frame) keep SQL's meaning of ties.
         tiebreak = [exp.Ordered(this=exp.column(c, table="__in", quoted=True)) for c in rel.node.names]
 
+        def peers_alike(w: exp.Window) -> bool:
+            if isinstance(w.this, exp.Rank | exp.DenseRank | exp.PercentRank | exp.CumeDist):
+                return True
+            spec = w.args.get("spec")
+            frame = (spec.args.get("kind") or "").upper() if spec is not None else "RANGE"
+            return isinstance(w.this, exp.AggFunc) and frame in ("RANGE", "GROUPS")
+
         def with_tiebreak(node: exp.Expression) -> exp.Expression:
-            if isinstance(node, exp.Window) and node.args.get("order") is not None:
+            if (
+                isinstance(node, exp.Window)
+                and node.args.get("order") is not None
+                and not peers_alike(node)
+            ):
                 order = node.args["order"]
                 order.set("expressions", [*order.expressions, *[t.copy() for t in tiebreak]])
             return node
 
         names = [e.alias_or_name for e in sel.expressions]
         exprs = []
+        ranking: dict[str, str] = {}
         for e, n in zip(sel.expressions, names, strict=True):
             _check_expr(e, allow_window=True)
             compiled = sqlglot.parse_one(compile_expr(e.unalias(), rel), read=D)
-            exprs.append(f"{compiled.transform(with_tiebreak).sql(D)} AS {q(n)}")
+            compiled_sql = compiled.transform(with_tiebreak).sql(D)
+            exprs.append(f"{compiled_sql} AS {q(n)}")
+            if isinstance(e.unalias(), exp.Window) and isinstance(
+                e.unalias().this, exp.RowNumber | exp.Rank | exp.DenseRank
+            ):
+                ranking[n] = compiled_sql
+        if len(ranking) != len(windows):
+            ranking = {}  # another window function sees every row of its partition
         select = [f"{k} AS __k{i}" for i, k in enumerate(keys)] + exprs
         query = f"SELECT {', '.join(select)} FROM __r0 AS __in"
         key_sql = [keys]
@@ -653,6 +674,7 @@ class Planner:
         return Recompute(
             columns, True, [rel.node], {}, what="Over (window functions)",
             key_sql=key_sql, key_types=_key_types(key_sql, [rel.node]), query_sql=query,
+            ranking_sql=ranking,
         )  # fmt: skip
 
     def _topn_filter(self, rel: Rel, cond: exp.Expression) -> Rel | None:
@@ -662,9 +684,13 @@ class Planner:
         if not (isinstance(node, Recompute) and node.what.startswith("Over")):
             return None
         filtered = f"SELECT * FROM ({node.query_sql}) AS __in WHERE {compile_expr(cond, rel)}"
+        keep = None
+        bound = _rank_bound(cond, rel)
+        if bound and bound[0] in node.ranking_sql and not node.inputs[0].retracting:
+            keep = f"{node.ranking_sql[bound[0]]} <= {bound[1]}"
         new = Recompute(
             node.columns, True, node.inputs, {}, what="TopN (row_number filter)",
-            key_sql=node.key_sql, key_types=node.key_types, query_sql=filtered,
+            key_sql=node.key_sql, key_types=node.key_types, query_sql=filtered, keep_sql=keep,
         )  # fmt: skip
         return Rel(new, rel.bindings)
 
@@ -841,6 +867,28 @@ def _window_expiry(
             if all(ends):
                 return ends
     return [None, None]
+
+
+def _rank_bound(cond: exp.Expression, rel: Rel) -> tuple[str, int] | None:
+    """(column, n) when ``cond`` is ``column <= n`` (or ``< n + 1``, ``= 1``, mirrored): the
+    only filters under which a row that fails once fails forever, as ranks only grow."""
+    cond = cond.unnest()
+    flip = {exp.GTE: exp.LTE, exp.GT: exp.LT}
+    if type(cond) in flip and isinstance(cond.expression, exp.Column):
+        cond = flip[type(cond)](this=cond.expression, expression=cond.this)
+    if not (isinstance(cond.this, exp.Column) and isinstance(cond.expression, exp.Literal)):
+        return None
+    column, text = rel.physical(cond.this), cond.expression.this
+    if column is None or cond.expression.is_string or not text.isdigit():
+        return None
+    n = int(text)
+    if isinstance(cond, exp.LTE):
+        return column, n
+    if isinstance(cond, exp.LT):
+        return column, n - 1
+    if isinstance(cond, exp.EQ) and n == 1:
+        return column, 1
+    return None
 
 
 def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
