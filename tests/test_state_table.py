@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import duckdb
+import psycopg
 
 from sqlstream.state.table import StateTable
 
@@ -27,3 +28,44 @@ def test_vnode_is_the_first_md5_byte_of_the_key_text() -> None:
         ("1999-12-31 23:59:59", None): "1999-12-31 23:59:59|\\N",
     }
     assert got == {key: hashlib.md5(t.encode()).digest()[0] for key, t in texts.items()}
+
+
+def _mirror(conn, st: StateTable) -> list[tuple]:
+    return conn.execute(f"SELECT k, n FROM sqlstream_state.{st.operator_id} ORDER BY k").fetchall()
+
+
+def test_postgres_gets_deletes_only_for_keys_it_holds(pg_dsn: str) -> None:
+    """A key added and removed between two checkpoints costs Postgres nothing; a key it
+    holds is deleted there, also after the state was reloaded from Postgres."""
+    con = duckdb.connect()
+    st = StateTable(con, "op_deletes", [("k", "BIGINT")], [("n", "BIGINT")])
+    st.create()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS sqlstream_state")
+        conn.execute(f"DROP TABLE IF EXISTS sqlstream_state.{st.operator_id}")
+        with conn.cursor() as cur:
+            st.pg_create(cur)
+
+        def checkpoint() -> tuple[int, int]:
+            with conn.transaction(), conn.cursor() as cur:
+                return st.pg_write_delta(cur)
+
+        con.execute(f"INSERT INTO {st.table} VALUES (1, 10), (2, 20), (NULL, 5)")
+        st.mark_all_dirty()
+        assert checkpoint() == (3, 0)
+        # 3 arrives and goes within one interval, 2 (in Postgres) goes, 1 changes
+        con.execute(f"INSERT INTO {st.table} VALUES (3, 30)")
+        con.execute(f"INSERT INTO {st.dirty} VALUES (3)")
+        con.execute(f"DELETE FROM {st.table} WHERE k IN (2, 3)")
+        con.execute(f"UPDATE {st.table} SET n = 11 WHERE k = 1")
+        con.execute(f"INSERT INTO {st.dirty} VALUES (1), (2), (3)")
+        assert checkpoint() == (1, 1)
+        assert _mirror(conn, st) == [(1, 11), (None, 5)]
+        # recovered from Postgres: its keys are known to be there
+        fresh = StateTable(con, "op_deletes", [("k", "BIGINT")], [("n", "BIGINT")])
+        assert fresh.pg_load(conn) == 2
+        con.execute(f"DELETE FROM {fresh.table} WHERE k IS NULL")
+        con.execute(f"INSERT INTO {fresh.dirty} VALUES (NULL)")
+        with conn.transaction(), conn.cursor() as cur:
+            assert fresh.pg_write_delta(cur) == (0, 1)
+        assert _mirror(conn, fresh) == [(1, 11)]

@@ -4,7 +4,9 @@ Postgres mirror in schema ``sqlstream_state``.
 The DuckDB table is the working copy the operator queries and updates with set-based SQL.
 Every update also records the touched keys in a "dirty" table, so a checkpoint writes only
 the rows that changed (upserts for keys still present, deletes for keys gone): its cost
-follows the change, not the state size (DESIGN §6). Each Postgres row carries ``vnode``, the
+follows the change, not the state size (DESIGN §6). A third table holds the keys Postgres
+has, so a key that came and went between two checkpoints (a bid that never made an
+auction's top 10, a window opened and closed within the interval) costs Postgres nothing. Each Postgres row carries ``vnode``, the
 md5 of the key's text form modulo 256, so state can later be split among workers.
 
 >>> import duckdb
@@ -15,7 +17,12 @@ md5 of the key's text form modulo 256, so state can later be split among workers
 >>> _ = con.execute(f"INSERT INTO {st.dirty} VALUES (1), (NULL), (2)")
 >>> up, gone = st.delta()
 >>> sorted(up.column("n").to_pylist()), gone.column("k").to_pylist()
-([5, 10], [2])
+([5, 10], [])
+>>> _ = con.execute(f"DELETE FROM {st.table} WHERE k = 1")
+>>> _ = con.execute(f"INSERT INTO {st.dirty} VALUES (1)")
+>>> up, gone = st.delta()
+>>> up.num_rows, gone.column("k").to_pylist()
+(0, [1])
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import duckdb
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import sql
 
 from sqlstream.formats.pgcopy import copy_in, copy_out
@@ -59,6 +67,8 @@ class StateTable:
         self.values = values
         self.table = qi(f"state_{operator_id}")
         self.dirty = qi(f"dirty_{operator_id}")
+        #: the keys the Postgres mirror holds (as of the last checkpoint)
+        self.persisted = qi(f"pg_{operator_id}")
 
     @property
     def key_names(self) -> list[str]:
@@ -77,6 +87,7 @@ class StateTable:
         self.con.execute(f"CREATE OR REPLACE TABLE {self.table} ({cols})")
         key_cols = ", ".join(f"{qi(n)} {t}" for n, t in self.keys) or "__none BOOLEAN"
         self.con.execute(f"CREATE OR REPLACE TABLE {self.dirty} ({key_cols})")
+        self.con.execute(f"CREATE OR REPLACE TABLE {self.persisted} ({key_cols})")
 
     def mark_all_dirty(self) -> None:
         """Mark every current row changed (after a reset the whole state must be written)."""
@@ -110,18 +121,36 @@ class StateTable:
 
     def delta(self) -> tuple[pa.Table, pa.Table]:
         """Rows to upsert and keys to delete since the last checkpoint (each with its vnode);
-        clears the dirty set."""
+        clears the dirty set. An upsert's ``__known`` says whether Postgres has its key."""
         keys = self.key_names
         distinct = f"(SELECT DISTINCT {self._key_select()} FROM {self.dirty})"
+        known = (
+            f"coalesce(g.__known, FALSE) AS __known FROM {self.table} s "
+            f"SEMI JOIN {distinct} d ON {not_distinct('s', 'd', keys)} "
+            f"LEFT JOIN (SELECT *, TRUE AS __known FROM {self.persisted}) g "
+            f"ON {not_distinct('s', 'g', keys)}"
+            if keys
+            else f"TRUE AS __known FROM {self.table} s"
+        )
         upserts = self.con.sql(
-            f"SELECT {self._vnode('s')} AS vnode, s.* FROM {self.table} s "
-            f"SEMI JOIN {distinct} d ON {not_distinct('s', 'd', keys)}"
+            f"SELECT {self._vnode('s')} AS vnode, s.*, {known}"
         ).to_arrow_table()
         if keys:
-            deletes = self.con.sql(
-                f"SELECT {self._vnode('d')} AS vnode, d.* FROM {distinct} d "
-                f"ANTI JOIN {self.table} s ON {not_distinct('s', 'd', keys)}"
+            con, kept = self.con, self.persisted
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE __gone AS SELECT d.* FROM {distinct} d "
+                f"ANTI JOIN {self.table} s ON {not_distinct('s', 'd', keys)} "
+                f"SEMI JOIN {kept} g ON {not_distinct('g', 'd', keys)}"
+            )
+            deletes = con.sql(
+                f"SELECT {self._vnode('d')} AS vnode, d.* FROM __gone d"
             ).to_arrow_table()
+            con.execute(f"DELETE FROM {kept} USING __gone d WHERE {not_distinct(kept, 'd', keys)}")
+            con.execute(
+                f"INSERT INTO {kept} SELECT {self._key_select('d')} FROM {distinct} d "
+                f"SEMI JOIN {self.table} s ON {not_distinct('s', 'd', keys)} "
+                f"ANTI JOIN {kept} g ON {not_distinct('g', 'd', keys)}"
+            )
         else:
             deletes = pa.table({"vnode": pa.array([], pa.int16())})
         self.con.execute(f"DELETE FROM {self.dirty}")
@@ -185,6 +214,13 @@ class StateTable:
                         "DELETE FROM {} t USING {} d WHERE t.vnode = d.vnode AND ({}) AND {}"
                     ).format(self.pg_table, tmp, has_null, same)
                 )
+        known = upserts.column("__known")
+        upserts = upserts.drop_columns(["__known"])
+        inserts = upserts.filter(pc.invert(known))
+        if inserts.num_rows:
+            # keys Postgres does not have: straight in, no staging table, no conflict check
+            copy_in(cur, self.pg_table, inserts, [pg_types[n] for n in inserts.column_names])
+        upserts = upserts.filter(known)
         if upserts.num_rows:
             tmp = sql.Identifier(f"_up_{self.operator_id}")
             cur.execute(
@@ -211,7 +247,7 @@ class StateTable:
                     on_conflict,
                 )
             )
-        return upserts.num_rows, deletes.num_rows
+        return inserts.num_rows + upserts.num_rows, deletes.num_rows
 
     def pg_load(self, conn: psycopg.Connection) -> int:
         """Replace the DuckDB table with the checkpointed rows (recovery)."""
@@ -223,6 +259,10 @@ class StateTable:
             self.con.register("__load", rows)
             self.con.execute(f"INSERT INTO {self.table} SELECT * FROM __load")
             self.con.unregister("__load")
+            if self.keys:
+                self.con.execute(
+                    f"INSERT INTO {self.persisted} SELECT {self._key_select()} FROM {self.table}"
+                )
         return rows.num_rows
 
 
