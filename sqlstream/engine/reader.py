@@ -9,11 +9,16 @@ The usual watermark is the event-time column minus a fixed interval
 (``WATERMARK FOR ts AS ts - INTERVAL '5 seconds'``). For that form the reader knows the
 constant (:func:`watermark_offset_us`) and takes the batch's bounds from one Arrow
 ``min_max`` over the column instead of a DuckDB query over the batch.
+
+For the engine's watermark alignment (:meth:`Engine.run_epoch`) a reader also keeps how many
+rows one microsecond of its watermark takes (``rows_per_us``, from its last batch) and since
+when its source has had nothing to give (``empty_since``).
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +105,14 @@ class Reader:
     rows_read: int = 0
     skipped: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    #: source rows per microsecond of event time in the last batch whose event time moved
+    #: (None until one has); the engine sizes the polls of a reader that leads with it
+    rows_per_us: float | None = None
+    #: ``time.monotonic()`` of the first of the polls in a row that found nothing, or None
+    #: when the last poll had rows: a reader empty for long is idle (holds no one back)
+    empty_since: float | None = None
+    #: epochs in which the engine skipped this reader because it led its pipeline's slowest
+    held_epochs: int = 0
 
     def seek(self, offsets: dict[str, Any], watermark_us: int | None) -> None:
         self.offsets = dict(offsets)
@@ -108,6 +121,11 @@ class Reader:
 
     def poll(self, con: duckdb.DuckDBPyConnection, max_rows: int) -> pa.Table | None:
         batch = self.source.poll(max_rows)
+        if batch is None or (batch.data.num_rows == 0 and not batch.dead_letters):
+            if self.empty_since is None:
+                self.empty_since = time.monotonic()
+        else:
+            self.empty_since = None
         if batch is None:
             if self.watermark_column and self.source.finished():
                 self.watermark_us = WATERMARK_END
@@ -133,10 +151,11 @@ class Reader:
                 if high is not None:
                     high += self.watermark_offset_us
             else:
-                low, high = con.sql(
-                    f"SELECT min(epoch_us({col})), max(epoch_us({self.watermark_sql})) "
-                    "FROM __batch"
+                low, high, top = con.sql(
+                    f"SELECT min(epoch_us({col})), max(epoch_us({self.watermark_sql})), "
+                    f"max(epoch_us({col})) FROM __batch"
                 ).fetchall()[0]
+                bounds = (low, top)
             if self.watermark_us is not None and low is not None and low < self.watermark_us:
                 kept = con.sql(
                     f"SELECT * FROM __batch WHERE epoch_us({col}) >= {self.watermark_us} "
@@ -146,7 +165,22 @@ class Reader:
                 data = kept
         finally:
             con.unregister("__batch")
+        assert bounds is not None
+        self._note_density(batch.data.num_rows, bounds, high)
         if high is not None and (self.watermark_us is None or high > self.watermark_us):
             self.watermark_us = int(high)
         self.rows_read += data.num_rows
         return data if data.num_rows else None
+
+    def _note_density(
+        self, rows: int, bounds: tuple[int | None, int | None], high: int | None
+    ) -> None:
+        """Rows per microsecond of event time of a batch: over the watermark's advance when
+        it had one (robust to disorder within the batch), else over the batch's own span."""
+        span = 0
+        if high is not None and self.watermark_us not in (None, WATERMARK_END):
+            span = high - self.watermark_us  # type: ignore[operator]
+        if span <= 0 and bounds[0] is not None and bounds[1] is not None:
+            span = bounds[1] - bounds[0]
+        if span > 0:
+            self.rows_per_us = rows / span
