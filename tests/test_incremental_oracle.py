@@ -34,6 +34,10 @@ FAMILIES: dict[str, dict[str, str]] = {
         "bool_and(v > 0) AS ba, string_agg(s, ',' ORDER BY s) AS ss, "
         "count(*) FILTER (WHERE v > 3) AS c3 FROM a GROUP BY k",
         "agg_having": "SELECT k, sum(v) AS sv FROM a GROUP BY k HAVING count(*) > 1",
+        # folded with value tables: a value leaves the count when its last row is deleted
+        "agg_distinct": "SELECT k, count(DISTINCT s) AS ds, count(DISTINCT v) FILTER "
+        "(WHERE v > 3) AS dv, count(DISTINCT v) AS dv2, sum(v) AS sv FROM a GROUP BY k",
+        "global_distinct": "SELECT count(DISTINCT k) AS dk, count(*) AS n FROM a",
         "global": "SELECT count(*) AS n, sum(v) AS s, max(v) AS m, min(s) AS ms FROM a",
     },
     "joins": {

@@ -93,6 +93,23 @@ CASES = {
                   dense_rank() OVER (PARTITION BY category ORDER BY qty DESC) AS d
         FROM orders QUALIFY r <= 2""",
     ),
+    "distinct_eowc": (
+        """CREATE MATERIALIZED VIEW v AS
+        SELECT window_start, count(DISTINCT customer) AS customers,
+               count(DISTINCT customer) FILTER (WHERE qty > 5) AS big, count(*) AS n
+        FROM TUMBLE(orders, ts, INTERVAL '3 seconds') GROUP BY window_start EMIT ON WINDOW CLOSE""",
+        """SELECT time_bucket(INTERVAL '3 seconds', ts, TIMESTAMP '1970-01-01') AS window_start,
+               count(DISTINCT customer), count(DISTINCT customer) FILTER (WHERE qty > 5), count(*)
+        FROM orders GROUP BY ALL""",
+    ),
+    "distinct_updating": (
+        """CREATE MATERIALIZED VIEW v AS
+        SELECT category, count(DISTINCT customer) AS customers,
+               count(DISTINCT qty) FILTER (WHERE amount > 50) AS qtys, max(amount) AS hi
+        FROM orders GROUP BY category""",
+        """SELECT category, count(DISTINCT customer), count(DISTINCT qty) FILTER (WHERE amount > 50),
+               max(amount) FROM orders GROUP BY category""",
+    ),
     "stateless": (
         "CREATE MATERIALIZED VIEW v AS SELECT id, amount * qty AS value FROM orders "
         "WHERE qty > 7 AND category IN ('a', 'b')",
@@ -140,7 +157,16 @@ def test_view_equals_batch_query(case, batch_rows, catalog_dsn, tmp_data_dir):
 
 
 @pytest.mark.parametrize(
-    "case", ["per_customer", "tumble_eowc", "tumble_updating", "global", "topn_per_key"]
+    "case",
+    [
+        "per_customer",
+        "tumble_eowc",
+        "tumble_updating",
+        "global",
+        "topn_per_key",
+        "distinct_eowc",
+        "distinct_updating",
+    ],
 )
 def test_restart_between_epochs_equals_batch_query(case, catalog_dsn, tmp_data_dir):
     """Stop after some epochs, recover in a new engine from the checkpoint, finish: same result."""

@@ -10,6 +10,11 @@ way: late rows never reach them (the reader drops and counts rows behind the wat
 Under EMIT ON WINDOW CLOSE nothing is emitted per batch, so nothing needs merging per batch
 either: each batch's partials are appended to an append log, and a window's partials are
 combined once, when it closes (FACTS: 2-12x faster than merging every batch), then deleted.
+
+``count(DISTINCT x)`` keeps a value table per argument: (group, x) with a count per FILTER.
+A batch's counts merge into it, and the partial of each distinct count is, per group, the
+values whose count became positive minus those whose count fell to zero: a sum like any
+other accumulator's (this is how RisingWave's distinct aggregates keep their dedup tables).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import pyarrow as pa
 from sqlstream.engine.operator import Operator
 from sqlstream.plan.nodes import Aggregate
 from sqlstream.state.append_log import AppendLog
-from sqlstream.state.table import StateTable, merge_partial, qi
+from sqlstream.state.table import StateTable, merge_partial, not_distinct, qi
 
 
 class AggregateOperator(Operator):
@@ -33,10 +38,20 @@ class AggregateOperator(Operator):
             AppendLog(con, operator_id, node.keys + columns) if node.emit_on_window_close else None
         )
         self.state = StateTable(con, operator_id, node.keys, columns)
+        self.values = [
+            StateTable(
+                con,
+                f"{operator_id}_d{i}",
+                node.keys + [("__v", d.arg_type)],
+                [(f"__n{j}", "BIGINT") for j in range(len(d.members))],
+            )
+            for i, d in enumerate(node.distincts)
+        ]
 
     @property
     def state_tables(self) -> list[StateTable | AppendLog]:
-        return [self.partials] if self.partials is not None else [self.state]
+        main: StateTable | AppendLog = self.partials if self.partials is not None else self.state
+        return [main, *self.values]
 
     def initial(self) -> pa.Table | None:
         return self._init_global()
@@ -65,11 +80,22 @@ class AggregateOperator(Operator):
     def process(self, port: int, batch: pa.Table) -> pa.Table | None:
         spec = self.node
         keys = ", ".join(qi(k) for k, _ in spec.keys)
-        partials = ", ".join(f"{a.partial_sql} AS {qi(a.name)}" for a in spec.accumulators)
+        partials = ", ".join(
+            f"{a.partial_sql} AS {qi(a.name)}" for a in spec.accumulators if not a.distinct
+        )
         group = f" GROUP BY {keys}" if keys else " HAVING count(*) > 0"
-        partial_sql = f"SELECT {keys + ', ' if keys else ''}{partials} FROM ({spec.pre_sql}){group}"
+        rows = f"({spec.pre_sql})"
+        if spec.distincts:
+            self.run(f"CREATE OR REPLACE TEMP TABLE __pre AS {spec.pre_sql}", batch)
+            rows = "__pre"
+        partial_sql = f"SELECT {keys + ', ' if keys else ''}{partials} FROM {rows}{group}"
+        if spec.distincts:
+            partial_sql = self._with_distinct_counts(partial_sql)
         if self.partials is not None:
-            self.partials.append(self.sql(partial_sql, batch))
+            if spec.distincts:
+                self.partials.append(self.con.sql(partial_sql).to_arrow_table())
+            else:
+                self.partials.append(self.sql(partial_sql, batch))
             return None
         keep = "TRUE" if spec.is_global else '"_rows" <> 0'
         self.con.register("__in", batch)
@@ -87,12 +113,52 @@ class AggregateOperator(Operator):
             return None
         return pa.concat_tables([before, after.cast(before.schema)])
 
+    def _with_distinct_counts(self, partial_sql: str) -> str:
+        """Merge the batch (``__pre``) into each value table; the partials, each distinct
+        count's change per group joined in."""
+        spec = self.node
+        keys = [k for k, _ in spec.keys]
+        w = "__weight" if spec.inputs[0].retracting else "1"
+        joined, columns = [], []
+        for i, (d, table) in enumerate(zip(spec.distincts, self.values, strict=True)):
+            counts = [
+                f"sum(CASE WHEN {c} THEN {w} ELSE 0 END)::BIGINT" if c else f"sum({w})::BIGINT"
+                for _, c in d.members
+            ]
+            batch_counts = (
+                f"SELECT {''.join(qi(k) + ', ' for k in keys)}{d.arg} AS __v, "
+                + ", ".join(f"{c} AS __n{j}" for j, c in enumerate(counts))
+                + f" FROM __pre WHERE {d.arg} IS NOT NULL GROUP BY ALL"
+            )
+            merges = {f"__n{j}": f"coalesce(o.__n{j}, 0) + p.__n{j}" for j in range(len(counts))}
+            keep = " OR ".join(f"__n{j} <> 0" for j in range(len(counts)))
+            merge_partial(table, batch_counts, merges, keep)
+            # __p: the batch's counts, __old/__new: the rows before and after the merge
+            same = [*keys, "__v"]
+            changes = ", ".join(
+                f"sum((coalesce(n.__n{j}, 0) > 0)::INT - (coalesce(o.__n{j}, 0) > 0)::INT)"
+                f"::BIGINT AS {qi(name)}"
+                for j, (name, _) in enumerate(d.members)
+            )
+            group = f" GROUP BY {', '.join('p.' + qi(k) for k in keys)}" if keys else ""
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE __dc{i} AS SELECT "
+                f"{''.join('p.' + qi(k) + ', ' for k in keys)}{changes} FROM __p p "
+                f"LEFT JOIN __old o ON {not_distinct('p', 'o', same)} "
+                f"LEFT JOIN __new n ON {not_distinct('p', 'n', same)}{group}"
+            )
+            joined.append(f"LEFT JOIN __dc{i} d{i} ON {not_distinct('m', f'd{i}', keys)}")
+            columns += [f"coalesce(d{i}.{qi(name)}, 0) AS {qi(name)}" for name, _ in d.members]
+        return f"SELECT m.*, {', '.join(columns)} FROM ({partial_sql}) m {' '.join(joined)}"
+
     def on_watermark(self, watermark_us: int) -> pa.Table | None:
         """Close windows ending at or before the watermark: emit (EOWC) and drop their state."""
         end = self.node.window_end_sql
         if end is None:
             return None
         closed = f"epoch_us({end}) <= {watermark_us}"
+        for table in self.values:
+            table.delete_where(closed)
         if self.partials is not None:
             return self._close_partials(closed)
         table = self.state.table

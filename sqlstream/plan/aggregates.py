@@ -2,9 +2,12 @@
 
 ``count``, ``sum`` and ``avg`` are sums of weights and values, so they survive retractions;
 ``min`` and ``max`` fold only over append-only input (deleting the current extreme needs the
-other values). Each may carry ``FILTER (WHERE ...)``. Everything else — DISTINCT aggregates,
-``string_agg``, ``array_agg``, ``bool_and``/``bool_or``, ``min``/``max`` under retractions —
-is maintained by recomputing the touched groups (:class:`~sqlstream.plan.nodes.Recompute`).
+other values). ``count(DISTINCT x)`` folds too: the operator keeps each group's values of
+``x`` with a count, and a batch's partial is how many values appeared minus how many
+disappeared. Each may carry ``FILTER (WHERE ...)``. Everything else — other DISTINCT
+aggregates, ``string_agg``, ``array_agg``, ``bool_and``/``bool_or``, ``min``/``max`` under
+retractions — is maintained by recomputing the touched groups
+(:class:`~sqlstream.plan.nodes.Recompute`).
 
 >>> import sqlglot
 >>> call = sqlglot.parse_one("sum(x)")
@@ -39,11 +42,20 @@ def is_distinct(call: exp.Expression) -> bool:
     return bool(call.args.get("distinct")) or isinstance(call.this, exp.Distinct)
 
 
+def distinct_args(call: exp.Expression) -> list[exp.Expression]:
+    arg = call.this
+    return list(arg.expressions) if isinstance(arg, exp.Distinct) else [arg]
+
+
 def foldable(calls: list[exp.Expression], weighted: bool) -> bool:
     """Whether all calls can be kept as accumulators over this input."""
     for c in calls:
         inner, _ = unwrap(c)
-        if not isinstance(inner, FOLDABLE) or is_distinct(inner):
+        if is_distinct(inner):
+            if not (isinstance(inner, exp.Count) and len(distinct_args(inner)) == 1):
+                return False
+            continue
+        if not isinstance(inner, FOLDABLE):
             return False
         if weighted and isinstance(inner, exp.Min | exp.Max):
             return False
@@ -68,13 +80,13 @@ def accumulators(
 
     def counter(name: str) -> Accumulator:
         partial = f"sum(CASE WHEN {live} THEN {w} ELSE 0 END)"
-        return Accumulator(name, "BIGINT", partial, _add(name))
+        return Accumulator(name, "BIGINT", partial, add_counts(name))
 
     if isinstance(call, exp.Count) and arg is None:
         if cond is None:
             return [], '"_rows"'
         n = f"_count{i}"
-        return [Accumulator(n, "BIGINT", f"sum(CASE WHEN {cond} THEN {w} ELSE 0 END)", _add(n))], q(n)
+        return [Accumulator(n, "BIGINT", f"sum(CASE WHEN {cond} THEN {w} ELSE 0 END)", add_counts(n))], q(n)
     if isinstance(call, exp.Count):
         n = f"_count{i}"
         return [counter(n)], q(n)
@@ -103,7 +115,8 @@ def accumulators(
     ], q(m)
 
 
-def _add(name: str) -> str:
+def add_counts(name: str) -> str:
+    """Merge SQL of a counter: old plus partial, NULL counting as 0."""
     return f"coalesce(o.{q(name)}, 0) + coalesce(p.{q(name)}, 0)"
 
 

@@ -92,6 +92,19 @@ class Accumulator:
     merge_sql: str  # combines o.<name> (old) and p.<name> (partial); NULL-safe
     #: the aggregate combining many partials at once ('sum', 'min' or 'max')
     combine: str = "sum"
+    #: a ``count(DISTINCT ...)``: its partial is the change in distinct values per group,
+    #: which the operator derives from a :class:`Distinct` value table, not ``partial_sql``
+    distinct: bool = False
+
+
+@dataclass
+class Distinct:
+    """The values of one ``count(DISTINCT arg)`` argument per group, with a count per
+    FILTER: ``members`` are (accumulator, FILTER column or None) sharing the argument."""
+
+    arg: str  # pre-projected column
+    arg_type: str
+    members: list[tuple[str, str | None]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -108,6 +121,7 @@ class Aggregate(Node):
     calls: list[str] = field(default_factory=list)
     #: the stateless steps fused into ``pre_sql`` (see :mod:`sqlstream.plan.fuse`)
     fused: str | None = None
+    distincts: list[Distinct] = field(default_factory=list)
 
     @property
     def is_global(self) -> bool:
@@ -117,6 +131,8 @@ class Aggregate(Node):
         keys = ", ".join(k for k, _ in self.keys) or "(global)"
         emit = "on window close" if self.emit_on_window_close else "on update"
         state = f"state: {len(self.accumulators)} accumulators per group"
+        if self.distincts:
+            state += f", distinct values of {len(self.distincts)} argument(s)"
         if self.window_end_sql:
             state += ", dropped when the watermark passes the window end"
         fused = f" over {self.fused}" if self.fused else ""

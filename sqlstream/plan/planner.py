@@ -41,14 +41,18 @@ from sqlstream.plan.aggregates import (
     FOLDABLE,
     NONDETERMINISTIC,
     accumulators,
+    add_counts,
     deterministic,
+    distinct_args,
     foldable,
+    is_distinct,
     unwrap,
 )
 from sqlstream.plan.nodes import (
     Accumulator,
     Aggregate,
     DeltaJoin,
+    Distinct,
     Node,
     QueryPlan,
     Recompute,
@@ -506,6 +510,7 @@ class Planner:
         empty_in = {"__in": _empty(rel.node.columns, weighted)}
         finals: dict[str, str] = {}
         described: list[str] = []
+        distinct_by_arg: dict[str, Distinct] = {}
         for call in calls:
             text = call.sql(D)
             if text in finals:
@@ -513,14 +518,27 @@ class Planner:
             i = len(finals)
             inner, cond = unwrap(call)
             arg = arg_type = cond_col = None
-            if not isinstance(inner.this, exp.Star) and inner.this is not None:
+            arg_expr = distinct_args(inner)[0] if is_distinct(inner) else inner.this
+            if not isinstance(arg_expr, exp.Star) and arg_expr is not None:
                 arg = f"__a{i}"
-                arg_sql = compile_expr(inner.this, rel)
+                arg_sql = compile_expr(arg_expr, rel)
                 pre_cols.append(f"{arg_sql} AS {arg}")
                 arg_type = _duck_types(f"SELECT {arg_sql} AS t FROM __in", empty_in)["t"]
             if cond is not None:
                 cond_col = f"__c{i}"
                 pre_cols.append(f"{compile_expr(cond, rel)} AS {cond_col}")
+            if is_distinct(inner):
+                # one value table per argument, whatever the FILTERs
+                assert arg is not None and arg_type is not None
+                name = f"_count_distinct{i}"
+                spec = distinct_by_arg.get(arg_sql)
+                if spec is None:
+                    spec = distinct_by_arg[arg_sql] = Distinct(arg, arg_type)
+                spec.members.append((name, cond_col))
+                accs.append(Accumulator(name, "BIGINT", "", add_counts(name), distinct=True))
+                finals[text] = q(name)
+                described.append(_plain(call))
+                continue
             new, final = accumulators(inner, i, arg, cond_col, arg_type, weighted=weighted)
             accs += new
             finals[text] = final
@@ -573,6 +591,7 @@ class Planner:
             keys=[(k, key_types[k]) for k, _ in keys], accumulators=accs, pre_sql=pre_sql,
             project_sql=project, window_end_sql=window_end if _has_watermark(rel) else None,
             emit_on_window_close=self.eowc, calls=described,
+            distincts=list(distinct_by_arg.values()),
         )  # fmt: skip
 
     def _check_eowc(self, window_end: str | None) -> None:
