@@ -2,10 +2,11 @@
 
 :class:`DeltaJoinOperator`: an inner equi-join by deltas. A batch from the left meets the
 right's state and is then added to the left's state (and vice versa), so each pair of rows
-is joined exactly once: ΔL ⋈ R + L' ⋈ ΔR. Over append-only inputs the sides are append logs;
-when an input retracts, each side is a multiset (distinct rows with their count) and the
-weights multiply, as in DBSP: a retracted row meets the same partners its insertion met, so
-the work per batch follows the changed rows and their matches, never a whole key's group.
+is joined exactly once: ΔL ⋈ R + L' ⋈ ΔR. An append-only input's side is an append log;
+a retracting input's side is a multiset (distinct rows with their count), and when either
+input retracts the weights multiply, as in DBSP (an append log's rows weigh 1 each): a
+retracted row meets the same partners its insertion met, so the work per batch follows the
+changed rows and their matches, never a whole key's group.
 State is dropped behind the watermark where no future change can meet it: for interval joins
 of append-only inputs, and on both sides of a join on a window bound, once that window has
 closed.
@@ -85,7 +86,7 @@ class DeltaJoinOperator(Operator):
         self.key_types = self._key_types()
         self.sides: list[AppendLog | StateTable] = [
             _multiset(con, f"{operator_id}_{side}", self.key_types, child.columns)
-            if node.retracting
+            if child.retracting
             else AppendLog(
                 con,
                 f"{operator_id}_{side}",
@@ -126,11 +127,23 @@ class DeltaJoinOperator(Operator):
         return out if out.num_rows else None
 
     def _process_weighted(self, port: int, batch: pa.Table, casts: str) -> pa.Table | None:
-        """Δ ⋈ other side's multiset, weights multiplied; then Δ joins this side's multiset."""
+        """Δ ⋈ other side's multiset, weights multiplied; then Δ joins this side's state."""
         own, other = self.sides[port], self.sides[1 - port]
-        assert isinstance(own, StateTable)
-        _stage_changes(self, casts, self.node.inputs[port].columns, batch)
-        left, right = ("__ms", other.table) if port == 0 else (other.table, "__ms")
+        if isinstance(own, StateTable):
+            _stage_changes(self, casts, self.node.inputs[port].columns, batch)
+        else:
+            # an append-only input: its rows as they are, each weighing 1 (no hashing)
+            self.run(
+                f"CREATE OR REPLACE TEMP TABLE __ms AS SELECT {casts}, *, 1::BIGINT AS __count "
+                "FROM __in",
+                batch,
+            )
+        other_rows = (
+            other.table
+            if isinstance(other, StateTable)
+            else f"(SELECT *, 1::BIGINT AS __count FROM {other.table})"
+        )
+        left, right = ("__ms", other_rows) if port == 0 else (other_rows, "__ms")
         out = self.con.sql(
             # one output row per unit of weight, each +1 or -1, as every edge carries
             f"SELECT j.* EXCLUDE (__c), sign(j.__c)::BIGINT AS {WEIGHT} FROM ("
@@ -138,7 +151,10 @@ class DeltaJoinOperator(Operator):
             f"JOIN {right} AS r ON {_on(len(self.key_types), self.node.residual_sql)}"
             f") j, range(abs(j.__c))"
         ).to_arrow_table()
-        _merge_staged(own)
+        if isinstance(own, StateTable):
+            _merge_staged(own)
+        else:
+            own.append(self.con.sql("SELECT * EXCLUDE (__count) FROM __ms").to_arrow_table())
         return out if out.num_rows else None
 
     def on_watermark(self, watermark_us: int) -> pa.Table | None:

@@ -195,9 +195,17 @@ class DeltaJoin(Node):
 
     def label(self) -> str:
         if self.retracting:
-            state = "state: both inputs as multisets"
-            if any(self.expiry_sql):
-                state += ", dropped when the watermark passes the window end"
+            kinds = ["multiset" if i.retracting else "log" for i in self.inputs]
+            state = (
+                "state: both inputs as multisets"
+                if kinds == ["multiset", "multiset"]
+                else f"state: left as a {kinds[0]}, right as a {kinds[1]}"
+            )
+            if all(self.expiry_sql):
+                state += ", dropped once the watermark closes their windows"
+            elif any(self.expiry_sql):
+                side = "left" if self.expiry_sql[0] else "right"
+                state += f", the {side} one's dropped once the watermark closes their windows"
             return f"DeltaJoin (inner join of retracting inputs, weights multiplied) [{state}]"
         kind = "interval join" if any(self.expiry_sql) else "inner join"
         state = "state: both inputs"

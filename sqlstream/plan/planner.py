@@ -391,14 +391,13 @@ class Planner:
 
         if side == "" and lkeys:
             retracting = left.node.retracting or right.node.retracting
-            # Interval cleanup needs append-only sides (a later retraction of an old row
-            # would have to meet rows already dropped); a window key needs no such care:
-            # a closed window gets no more changes on either side.
-            expiry = (
-                _window_expiry(lkeys, rkeys, left, right)
-                if retracting
-                else _expiry(residual, left, right, la)
-            )
+            # State is dropped once no new row, and no change of a stored row, can meet it:
+            # by a window key (a closed window gets no more changes on either side), else
+            # by an interval condition over event times (of append-only sides) and window
+            # bounds (of retracting ones).
+            expiry = _window_expiry(lkeys, rkeys, left, right) if retracting else [None, None]
+            if expiry == [None, None]:
+                expiry = _expiry(residual, left, right, la)
             node = DeltaJoin(
                 columns, retracting, [left.node, right.node], times,
                 left_keys=[compile_expr(k, left, "__in") for k in lkeys],
@@ -828,8 +827,21 @@ def _key_types(key_sql: list[list[str]], inputs: list[Node]) -> list[str]:
     return [types[f"__k{i}"] for i in range(len(key_sql[0]))]
 
 
-def _side_time(e: exp.Expression, left: Rel, right: Rel, la: set[str]) -> tuple[int, str, str] | None:
-    """(side, column SQL over that side's rows, offset SQL) for ``col [+-] INTERVAL``."""
+@dataclass
+class _SideTime:
+    side: int
+    column: str  # over that side's rows (alias s)
+    offset: str
+    #: a retracting side's window bound: the end of its window, after which the row is final
+    end: str | None = None
+    #: what that end adds to the column (a window_start's size), else None
+    size: str | None = None
+
+
+def _side_time(e: exp.Expression, left: Rel, right: Rel, la: set[str]) -> _SideTime | None:
+    """The side and time column of ``col [+-] INTERVAL``: an event-time column of an
+    append-only side, or a window bound of a retracting one (a window's rows change only
+    until the watermark passes its end; changes behind the watermark are dropped as late)."""
     offset = "INTERVAL 0 SECOND"
     if isinstance(e, exp.Add | exp.Sub) and isinstance(e.expression, exp.Interval):
         sign = "" if isinstance(e, exp.Add) else "-"
@@ -840,14 +852,23 @@ def _side_time(e: exp.Expression, left: Rel, right: Rel, la: set[str]) -> tuple[
     side = 0 if e.table in la else 1
     rel = left if side == 0 else right
     phys = rel.physical(e)
-    if phys is None or rel.node.times.get(phys, TimeColumn("none")).kind != "event":
+    t = rel.node.times.get(phys or "")
+    if phys is None or t is None:
         return None
-    return side, f"s.{q(phys)}", offset
+    column = f"s.{q(phys)}"
+    if not rel.node.retracting:
+        return _SideTime(side, column, offset) if t.kind == "event" else None
+    end = t.end_sql(column)
+    if t.kind == "event" or end is None or not _has_watermark(rel):
+        return None
+    return _SideTime(side, column, offset, end, t.size_sql if t.kind == "window_start" else None)
 
 
 def _expiry(residual: list[exp.Expression], left: Rel, right: Rel, la: set[str]) -> list[str | None]:
     """When a row of each side of an interval join can no longer match: from conditions like
-    ``a.ts BETWEEN b.ts - INTERVAL '5' SECOND AND b.ts + INTERVAL '5' SECOND``."""
+    ``a.ts BETWEEN b.ts - INTERVAL '5' SECOND AND b.ts + INTERVAL '5' SECOND``, or
+    ``b.ts BETWEEN w.window_end - INTERVAL '10' SECOND AND w.window_end`` against a windowed
+    aggregate."""
     comparisons: list[tuple[exp.Expression, exp.Expression]] = []  # (smaller, larger)
     for c in residual:
         if isinstance(c, exp.Between):
@@ -859,13 +880,20 @@ def _expiry(residual: list[exp.Expression], left: Rel, right: Rel, la: set[str])
     out: list[list[str]] = [[], []]
     for small, large in comparisons:
         s, g = _side_time(small, left, right, la), _side_time(large, left, right, la)
-        if not s or not g or s[0] == g[0]:
+        if not s or not g or s.side == g.side:
             continue
         # small.t + so <= large.t + go: a row of small's side meets only rows of the other
         # side with t >= small.t + so - go, which future rows (t >= watermark) always are; a
         # row of large's side meets only rows with t <= large.t + go - so: once the
-        # watermark passes that, it can never match again.
-        out[g[0]].append(f"({g[1]} + {g[2]} - {s[2]})")
+        # watermark passes that, it can never match a new row again. If small's side
+        # retracts, its rows must also be final (their window closed) before then; if
+        # large's side does, the row itself must be.
+        expiry = f"({g.column} + {g.offset} - {s.offset})"
+        if s.size:
+            expiry = f"({expiry} + {s.size})"
+        if g.end:
+            expiry = f"greatest({expiry}, {g.end})"
+        out[g.side].append(expiry)
     return [f"least({', '.join(x)})" if len(x) > 1 else (x[0] if x else None) for x in out]
 
 
