@@ -817,6 +817,8 @@ class Engine:
         # not stretch the period (and the latency bound) by its own duration.
         started = time.monotonic()
         epoch = self.last_epoch + 1
+        for p in self.pipelines.values():
+            p.before_checkpoint()
         rows_out = sum(p.rows_out for p in self.pipelines.values())
         stats = commit_checkpoint(
             self.store,

@@ -51,6 +51,9 @@ class Operator:
     def on_watermark(self, watermark_us: int) -> pa.Table | None:
         return None
 
+    def before_checkpoint(self) -> None:
+        """Whatever the operator holds outside its state tables must be in them now."""
+
     def sql(self, query: str, batch: pa.Table) -> pa.Table:
         """Run ``query`` with ``batch`` as ``__in``."""
         self.con.register("__in", batch)

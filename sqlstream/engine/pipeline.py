@@ -128,6 +128,10 @@ class Pipeline:
         for op in self.operators:  # bottom-up, so what one emits reaches the next
             self._push_from(op, op.on_watermark(wm))
 
+    def before_checkpoint(self) -> None:
+        for op in self.operators:
+            op.before_checkpoint()
+
     def deliver(self, changes: pa.Table) -> None:
         self.rows_out += changes.num_rows
         if self.materialize:

@@ -41,6 +41,8 @@ class AppendLog:
         self.next_row = 0
         #: rows with an id below this are in Postgres already
         self.checkpointed = 0
+        #: rows in the table now (kept here: empty logs then cost no statements)
+        self.live = 0
         self.gone = qi(f"gone_{operator_id}")
 
     @property
@@ -51,7 +53,7 @@ class AppendLog:
         cols = ", ".join(f"{qi(n)} {t}" for n, t in [(ROW_ID, "BIGINT"), *self.columns])
         self.con.execute(f"CREATE OR REPLACE TABLE {self.table} ({cols})")
         self.con.execute(f"CREATE OR REPLACE TABLE {self.gone} ({qi(ROW_ID)} BIGINT)")
-        self.next_row = self.checkpointed = 0
+        self.next_row = self.checkpointed = self.live = 0
 
     def append(self, rows: pa.Table) -> None:
         ids = pa.array(np.arange(self.next_row, self.next_row + rows.num_rows, dtype=np.int64))
@@ -62,19 +64,23 @@ class AppendLog:
         finally:
             self.con.unregister("__append")
         self.next_row += rows.num_rows
+        self.live += rows.num_rows
 
     def delete_where(self, condition: str) -> int:
         """Drop rows matching ``condition`` (over alias ``s``), e.g. behind the watermark."""
-        self.con.execute(
-            f"INSERT INTO {self.gone} SELECT s.{qi(ROW_ID)} FROM {self.table} s "
-            f"WHERE ({condition}) AND s.{qi(ROW_ID)} < {self.checkpointed}"
-        )
-        before = self.row_count()
-        self.con.execute(f"DELETE FROM {self.table} AS s WHERE {condition}")
-        return before - self.row_count()
+        if not self.live:
+            return 0
+        if self.checkpointed:
+            self.con.execute(
+                f"INSERT INTO {self.gone} SELECT s.{qi(ROW_ID)} FROM {self.table} s "
+                f"WHERE ({condition}) AND s.{qi(ROW_ID)} < {self.checkpointed}"
+            )
+        deleted = self.con.execute(f"DELETE FROM {self.table} AS s WHERE {condition}").fetchall()
+        self.live -= deleted[0][0]
+        return deleted[0][0]
 
     def row_count(self) -> int:
-        return self.con.sql(f"SELECT count(*) FROM {self.table}").fetchall()[0][0]
+        return self.live
 
     def pending_rows(self) -> int:
         return self.next_row - self.checkpointed
@@ -125,4 +131,5 @@ class AppendLog:
             self.con.unregister("__load")
             top = self.con.sql(f"SELECT max({qi(ROW_ID)}) FROM {self.table}").fetchall()[0][0]
             self.next_row = self.checkpointed = top + 1
+            self.live = rows.num_rows
         return rows.num_rows
