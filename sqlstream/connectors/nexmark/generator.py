@@ -193,15 +193,20 @@ def _price(h: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Strings: zero-copy views into a fixed pool of random text, gathered by Arrow's cast
+# Strings: slices of a fixed pool of random text. Rows come in blocks of STRING_BLOCK ordinals
+# (the k-th event of a table); a block's strings are consecutive slices of the pool from a
+# hashed start, so a batch of consecutive rows copies one slice per block (no per-string work)
+# and a string is still a pure function of its event (its block's start, and the lengths of
+# the rows before it in the block).
 
 _POOL_SIZE = 1 << 20
 _MAX_LEN = 4096
+STRING_BLOCK = 256
 
 
 def _make_pool() -> np.ndarray:
     """Lower-case letters with a space about one time in 13 (Beam's ``nextString``)."""
-    idx = np.arange(_POOL_SIZE + _MAX_LEN, dtype=np.int64)
+    idx = np.arange(_POOL_SIZE + STRING_BLOCK * _MAX_LEN, dtype=np.int64)
     h = _hash(idx, field_key(0, "nexmark.pool"))
     letters = (ord("a") + _below_hi(h, 26)).astype(np.uint8)
     letters[_below_lo(h, 13) == 0] = ord(" ")
@@ -209,59 +214,56 @@ def _make_pool() -> np.ndarray:
 
 
 _POOL = _make_pool()
-_POOL_BUF = pa.py_buffer(_POOL)
-# the 12 bytes from every position: a view's inline data or 4-byte prefix
-_WIN12 = np.lib.stride_tricks.sliding_window_view(_POOL, 12)
 
 
-def pool_strings(h: np.ndarray, lengths: np.ndarray) -> pa.Array:
-    """Random strings of the given lengths (< 4096): slices of the pool at hashed positions.
+def block_strings(k_lo: int, lengths: np.ndarray, key: int) -> pa.Array:
+    """Strings of the given lengths (< 4096) for rows ``k_lo, k_lo + 1, ...`` (``k_lo`` the
+    first ordinal of a block): each block's strings are consecutive pool slices from a start
+    hashed from the block number and ``key``.
 
-    Builds a ``string_view`` array whose views point into the pool (no per-byte Python or
-    numpy work), then lets Arrow's cast gather the bytes into a plain ``string`` array.
+    >>> a = block_strings(0, np.array([3, 5, 4]), 7).to_pylist()
+    >>> [len(x) for x in a], a[0] + a[1] == block_strings(0, np.array([8]), 7).to_pylist()[0]
+    ([3, 5, 4], True)
     """
+    assert k_lo % STRING_BLOCK == 0
     n = len(lengths)
-    start = _below_lo(h, _POOL_SIZE).astype(np.int32)
-    lengths = lengths.astype(np.int32)
-    views = np.zeros((n, 16), dtype=np.uint8)
-    views[:, 0:4] = lengths.view(np.uint8).reshape(n, 4)
-    views[:, 4:16] = _WIN12[start]
-    long = lengths > 12
-    if long.any():
-        # long strings: 4-byte prefix, buffer index 0, offset into the pool
-        views[long, 8:12] = 0
-        views[long, 12:16] = start[long].view(np.uint8).reshape(-1, 4)
-    short = ~long
-    if short.any():
-        # inline strings must be zero-padded after their length
-        pad = np.arange(12, dtype=np.int32)[None, :] >= lengths[short, None]
-        inline = views[short, 4:16]
-        inline[pad] = 0
-        views[short, 4:16] = inline
-    arr = pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(views), _POOL_BUF])
-    return arr.cast(pa.string())
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    first = np.arange(0, n, STRING_BLOCK)
+    blocks = (k_lo // STRING_BLOCK + np.arange(len(first))).astype(np.int64)
+    starts = _below_lo(_hash(blocks, key), _POOL_SIZE)
+    ends = offsets[np.minimum(first + STRING_BLOCK, n)] - offsets[first] + starts
+    data = np.concatenate([_POOL[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)])
+    return pa.Array.from_buffers(
+        pa.string(), n, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)]
+    )
 
 
-def _next_string(h: np.ndarray, max_length: int) -> tuple[pa.Array, np.ndarray]:
+def _next_string(
+    h: np.ndarray, max_length: int, k_lo: int, key: int
+) -> tuple[pa.Array, np.ndarray]:
     """Beam's ``nextString(maxLength)``: 3 .. maxLength-1 characters. Returns (strings, lengths)."""
     lengths = 3 + _below_hi(h, max_length - 3)
-    return pool_strings(h, lengths), lengths
+    return block_strings(k_lo, lengths, key), lengths
 
 
-def _extra(h: np.ndarray, current_size: np.ndarray, avg: int) -> pa.Array:
+def _extra(h: np.ndarray, current_size: np.ndarray, avg: int, k_lo: int, key: int) -> pa.Array:
     """Beam's ``nextExtra``: pad each event to about ``avg`` bytes (±20 %)."""
     desired = np.maximum(avg - current_size, 0)
     delta = np.rint(desired * 0.2).astype(np.int64)
     lengths = desired - delta + _below_hi(h, np.maximum(2 * delta, 1))
     lengths = np.where(current_size > avg, 0, np.minimum(lengths, _MAX_LEN - 1))
-    return pool_strings(h, lengths)
+    return block_strings(k_lo, lengths, key)
 
 
 def _base_url(h: np.ndarray) -> list[str]:
     """Beam's ``getBaseUrl``: https://www.nexmark.com/<a>/<b>/<c>/item.htm?query=1."""
     # Beam's url segments use '_' where other strings have a space
     parts = [
-        [p.replace(" ", "_") for p in _next_string(_hash(h.view(np.int64), k), 5)[0].to_pylist()]
+        [
+            p.replace(" ", "_")
+            for p in _next_string(_hash(h.view(np.int64), k), 5, 0, k)[0].to_pylist()
+        ]
         for k in (1, 2, 3)
     ]
     return [
@@ -331,27 +333,61 @@ class _Keys:
 
 
 def generate(
-    table: str, ev: np.ndarray, columns: list[str], cfg: NexmarkConfig, keys: _Keys | None = None
+    table: str,
+    ev: np.ndarray,
+    columns: list[str],
+    cfg: NexmarkConfig,
+    keys: _Keys | None = None,
+    first: int | None = None,
 ) -> dict[str, pa.Array]:
     """The requested columns of the ``table`` events with numbers ``ev`` (int64 vector).
 
-    Only the requested columns (and what they depend on) are computed.
+    Only the requested columns (and what they depend on) are computed. ``first``, when
+    given, says ``ev`` are the consecutive events of this table from ordinal ``first`` on
+    (which saves finding that out).
     """
     keys = keys or _Keys(cfg.seed)
     want = set(columns)
+    lo, hi = cfg.type_range(table)
+    if first is None and len(ev):
+        per, d = hi - lo, cfg.denominator
+        k = (ev // d) * per + (ev % d - lo)
+        k_min, k_max = int(k.min()), int(k.max())
+        if len(ev) == k_max - k_min + 1 and bool((np.diff(k) == 1).all()):
+            first = k_min
+    if first is not None or not len(ev):
+        # the rows from the start of the first one's string block (see block_strings)
+        k0 = first or 0
+        k_lo = k0 // STRING_BLOCK * STRING_BLOCK
+        lead = events_of_type(np.arange(k_lo, k0, dtype=np.int64), table, cfg)
+        out = _columns(table, np.concatenate([lead, ev]), want, cfg, keys, k_lo)
+        return {c: out[c].slice(k0 - k_lo) for c in columns}
+    k_lo = k_min // STRING_BLOCK * STRING_BLOCK
+    rows = events_of_type(np.arange(k_lo, k_max + 1, dtype=np.int64), table, cfg)
+    out = _columns(table, rows, want, cfg, keys, k_lo)
+    pick = pa.array(k - k_lo)
+    return {c: out[c].take(pick) for c in columns}
+
+
+def _columns(
+    table: str, ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, k_lo: int
+) -> dict[str, pa.Array]:
+    """The columns of consecutive rows starting at ordinal ``k_lo``."""
     out: dict[str, pa.Array] = {}
     if "date_time" in want:
         out["date_time"] = _ts(event_time_us(ev, cfg))
     if table == "person":
-        _person(ev, want, cfg, keys, out)
+        _person(ev, want, cfg, keys, out, k_lo)
     elif table == "auction":
-        _auction(ev, want, cfg, keys, out)
+        _auction(ev, want, cfg, keys, out, k_lo)
     else:
-        _bid(ev, want, cfg, keys, out)
-    return {c: out[c] for c in columns}
+        _bid(ev, want, cfg, keys, out, k_lo)
+    return out
 
 
-def _person(ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, out: dict) -> None:
+def _person(
+    ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, out: dict, k_lo: int
+) -> None:
     n = len(ev)
     if "id" in want:
         out["id"] = _i64(last_base0_person(ev, cfg) + cfg.first_person_id)
@@ -362,8 +398,9 @@ def _person(ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, out
         out["name"] = _NAMES.take(pa.array(pick))
         size += _NAME_LEN[pick]
     if "email_address" in want or need_size:
-        user, ulen = _next_string(_hash(ev, keys("person.email.user")), 7)
-        host, hlen = _next_string(_hash(ev, keys("person.email.host")), 5)
+        ku, kh = keys("person.email.user"), keys("person.email.host")
+        user, ulen = _next_string(_hash(ev, ku), 7, k_lo, ku)
+        host, hlen = _next_string(_hash(ev, kh), 5, k_lo, kh)
         out["email_address"] = pc.binary_join_element_wise(user, "@", host, ".com", "")
         size += ulen + hlen + 5
     if "credit_card" in want:
@@ -388,20 +425,25 @@ def _person(ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, out
         out["state"] = _STATES.take(pa.array(_below_lo(hc, len(US_STATES))))
     size += 2
     if need_size:
-        out["extra"] = _extra(_hash(ev, keys("person.extra")), size, cfg.avg_person_byte_size)
+        k = keys("person.extra")
+        out["extra"] = _extra(_hash(ev, k), size, cfg.avg_person_byte_size, k_lo, k)
 
 
-def _auction(ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, out: dict) -> None:
+def _auction(
+    ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, out: dict, k_lo: int
+) -> None:
     n = len(ev)
     if "id" in want:
         out["id"] = _i64(last_base0_auction(ev, cfg) + cfg.first_auction_id)
     size = np.full(n, 8 + 5 * 8, dtype=np.int64)
     need_size = "extra" in want
     if "item_name" in want or need_size:
-        out["item_name"], ln = _next_string(_hash(ev, keys("auction.item")), 20)
+        k = keys("auction.item")
+        out["item_name"], ln = _next_string(_hash(ev, k), 20, k_lo, k)
         size += ln
     if "description" in want or need_size:
-        out["description"], ln = _next_string(_hash(ev, keys("auction.desc")), 100)
+        k = keys("auction.desc")
+        out["description"], ln = _next_string(_hash(ev, k), 100, k_lo, k)
         size += ln
     if "initial_bid" in want or "reserve" in want:
         initial = _price(_hash(ev, keys("auction.initial")))
@@ -423,10 +465,13 @@ def _auction(ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, ou
         cat = _below_hi(_hash(ev, keys("auction.category")), cfg.num_categories)
         out["category"] = _i64(cat + cfg.first_category_id)
     if need_size:
-        out["extra"] = _extra(_hash(ev, keys("auction.extra")), size, cfg.avg_auction_byte_size)
+        k = keys("auction.extra")
+        out["extra"] = _extra(_hash(ev, k), size, cfg.avg_auction_byte_size, k_lo, k)
 
 
-def _bid(ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, out: dict) -> None:
+def _bid(
+    ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, out: dict, k_lo: int
+) -> None:
     if "auction" in want:
         h = _hash(ev, keys("bid.auction"))
         hot = _below_lo(h, cfg.hot_auction_ratio) > 0
@@ -457,4 +502,5 @@ def _bid(ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, out: d
     if "extra" in want:
         # Beam counts four 8-byte fields as the bid's size before padding
         size = np.full(len(ev), 32, dtype=np.int64)
-        out["extra"] = _extra(_hash(ev, keys("bid.extra")), size, cfg.avg_bid_byte_size)
+        k = keys("bid.extra")
+        out["extra"] = _extra(_hash(ev, k), size, cfg.avg_bid_byte_size, k_lo, k)

@@ -244,20 +244,25 @@ class NexmarkSource(Source):
         g_end = min(last + 1, limit)
         k1 = count_of_type_below(g_end, table, cfg)
         ev = events_of_type(np.arange(k0, k1, dtype=np.int64), table, cfg)
+        first: int | None = k0
         if any(nxt[p] != _first_at_or_after(p, n, g) for p in range(n)):
             # partitions at different positions (offsets from elsewhere): keep only the events
             # each partition still owes; the common case skips this
             ev = ev[ev >= np.asarray(nxt, dtype=np.int64)[ev % n]]
+            first = None
         for p in range(n):
             nxt[p] = max(nxt[p], _first_at_or_after(p, n, g_end))
         data = pa.Table.from_batches(
-            [self._generate(ev[i : i + _CHUNK_EVENTS]) for i in range(0, len(ev), _CHUNK_EVENTS)],
+            [
+                self._generate(ev[i : i + _CHUNK_EVENTS], None if first is None else first + i)
+                for i in range(0, len(ev), _CHUNK_EVENTS)
+            ],
             schema=self._arrow_schema,
         )
         return SourceBatch(data, {str(p): nxt[p] for p in range(n)})
 
-    def _generate(self, ev: np.ndarray) -> pa.RecordBatch:
-        cols = generate(self._table, ev, self._wanted, self._cfg, self._keys)
+    def _generate(self, ev: np.ndarray, first: int | None) -> pa.RecordBatch:
+        cols = generate(self._table, ev, self._wanted, self._cfg, self._keys, first)
         arrays = [
             pa.nulls(len(ev), f.type)
             if c not in cols
