@@ -83,6 +83,12 @@ CASES = {
         """SELECT customer, id, amount, row_number() OVER (
             PARTITION BY customer ORDER BY amount DESC, id) AS rn FROM orders QUALIFY rn <= 3""",
     ),
+    # the rows above the offset stay in state: a later, lower row must not move up past them
+    "topn_offset_stream": (
+        "CREATE MATERIALIZED VIEW v AS SELECT id, amount FROM orders "
+        "ORDER BY amount DESC, id LIMIT 5 OFFSET 3",
+        "SELECT id, amount FROM orders ORDER BY amount DESC, id LIMIT 5 OFFSET 3",
+    ),
     "rank_ties_per_key": (
         """CREATE MATERIALIZED VIEW v AS SELECT category, id, qty, r, d FROM (
             SELECT category, id, qty, rank() OVER (PARTITION BY category ORDER BY qty DESC) AS r,

@@ -1,9 +1,11 @@
 """Keyed recomputation: exact maintenance of anything deterministic per key.
 
-State: every input as a multiset (rows with a count, keyed by a hash of the row, with the
-row's key columns alongside) and the output the same way. For a batch on input i:
+State: every input, and the output. A retracting input is a multiset (distinct rows with a
+count, keyed by a hash of the row, with the row's key columns alongside); an append-only
+input is an append log (rows as they come, with a row id: nothing to hash or merge). The
+output is keyed by (key, ordinal within the key). For a batch on input i:
 
-1. fold the batch's changes into input i's multiset;
+1. fold the batch's changes into input i's state;
 2. take the keys the batch touched;
 3. run the node's query over the inputs restricted to those keys (new output), read the
    stored output of those keys (old output), and emit new - old, consolidated — unchanged
@@ -13,7 +15,8 @@ row's key columns alongside) and the output the same way. For a batch on input i
 The stored output (rather than recomputing the old one) makes retractions match exactly
 what was emitted, whatever floating-point sums or ties did. With EMIT ON WINDOW CLOSE only
 step 1 runs per batch; a window's keys are computed once, when the watermark passes its end,
-and their state dropped. Windows behind the watermark drop their state in any case.
+and their state dropped. Windows behind the watermark drop their state in any case. A Top-N
+over append-only input keeps only the input rows that can still reach the top.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pyarrow as pa
 from sqlstream.connectors.base import WEIGHT
 from sqlstream.engine.operator import Operator
 from sqlstream.plan.nodes import Recompute
+from sqlstream.state.append_log import ROW_ID, AppendLog
 from sqlstream.state.table import StateTable, merge_partial, not_distinct, qi
 from sqlstream.types import duckdb_type
 
@@ -43,7 +47,7 @@ class RecomputeOperator(Operator):
         super().__init__(con, node, operator_id)
         self.keys = [f"__k{i}" for i in range(len(node.key_types))]
         key_cols = list(zip(self.keys, node.key_types, strict=True))
-        self.inputs = [
+        self.inputs: list[StateTable | AppendLog] = [
             StateTable(
                 con,
                 f"{operator_id}_in{i}",
@@ -52,20 +56,24 @@ class RecomputeOperator(Operator):
                 + [(c.name, duckdb_type(c.type)) for c in child.columns]
                 + [("__count", "BIGINT")],
             )
+            if child.retracting
+            else AppendLog(
+                con,
+                f"{operator_id}_in{i}",
+                key_cols + [(c.name, duckdb_type(c.type)) for c in child.columns],
+            )
             for i, child in enumerate(node.inputs)
         ]
         self.output = StateTable(
             con,
             f"{operator_id}_out",
-            keys=[("__h", "VARCHAR")],
-            values=key_cols
-            + [(c.name, duckdb_type(c.type)) for c in node.columns]
-            + [("__count", "BIGINT")],
+            keys=key_cols + [("__ord", "BIGINT")],
+            values=[(c.name, duckdb_type(c.type)) for c in node.columns],
         )
         self.out_cols = ", ".join(qi(c.name) for c in node.columns)
 
     @property
-    def state_tables(self) -> list[StateTable]:
+    def state_tables(self) -> list[StateTable | AppendLog]:
         return [*self.inputs, self.output]
 
     # -- life cycle -----------------------------------------------------------------------
@@ -90,18 +98,22 @@ class RecomputeOperator(Operator):
             f"CAST({k} AS {t}) AS {name}"
             for k, t, name in zip(self.node.key_sql[port], self.node.key_types, self.keys, strict=True)
         ]
-        weight = WEIGHT if WEIGHT in batch.column_names else "1"
-        select = ", ".join([*keys, *cols])
-        self.run(
-            f"CREATE OR REPLACE TEMP TABLE __d AS SELECT {row_hash(cols)} AS __h, * FROM ("
-            f"SELECT {select}, sum({weight})::BIGINT AS __count FROM __in GROUP BY ALL "
-            f"HAVING sum({weight}) <> 0)",
-            batch,
-        )
         state = self.inputs[port]
-        merges = {n: f"p.{qi(n)}" for n, _ in state.values}
-        merges["__count"] = "coalesce(o.__count, 0) + p.__count"
-        merge_partial(state, "SELECT * FROM __d", merges, "__count <> 0")
+        select = ", ".join([*keys, *cols])
+        if isinstance(state, AppendLog):
+            self.run(f"CREATE OR REPLACE TEMP TABLE __d AS SELECT {select} FROM __in", batch)
+            state.append(self.con.sql("SELECT * FROM __d").to_arrow_table())
+        else:
+            weight = WEIGHT if WEIGHT in batch.column_names else "1"
+            self.run(
+                f"CREATE OR REPLACE TEMP TABLE __d AS SELECT {row_hash(cols)} AS __h, * FROM ("
+                f"SELECT {select}, sum({weight})::BIGINT AS __count FROM __in GROUP BY ALL "
+                f"HAVING sum({weight}) <> 0)",
+                batch,
+            )
+            merges = {n: f"p.{qi(n)}" for n, _ in state.values}
+            merges["__count"] = "coalesce(o.__count, 0) + p.__count"
+            merge_partial(state, "SELECT * FROM __d", merges, "__count <> 0")
         if self.node.emit_on_window_close:
             return None
         if self.keys:
@@ -111,22 +123,25 @@ class RecomputeOperator(Operator):
             return self._recompute("__aff")
         return self._recompute(None)
 
-    def _restricted(self, table: str, affected: str | None) -> str:
-        """An input's rows (repeated by count) whose key is in ``affected``."""
-        rows = table
+    def _restricted(self, state: StateTable | AppendLog, affected: str | None) -> str:
+        """An input's rows (a multiset's repeated by count) whose key is in ``affected``."""
+        rows = state.table
         if affected:
-            rows = f"(SELECT s.* FROM {table} s SEMI JOIN {affected} a ON {not_distinct('s', 'a', self.keys)})"
+            rows = f"(SELECT s.* FROM {rows} s SEMI JOIN {affected} a ON {not_distinct('s', 'a', self.keys)})"
+        if isinstance(state, AppendLog):
+            return f"(SELECT t.* EXCLUDE ({ROW_ID}) FROM {rows} t)"
         return f"(SELECT t.* EXCLUDE (__h, __count) FROM {rows} t, range(t.__count))"
 
     def _new_output(self, affected: str | None) -> None:
         query = self.node.query_sql
         for i, t in enumerate(self.inputs):
-            rows = self._restricted(t.table, affected)
+            rows = self._restricted(t, affected)
             query = re.sub(rf"\b__r{i}\b", lambda _, r=rows: r, query)
-        cols = [*self.keys, *[qi(c.name) for c in self.node.columns]]
+        part = f"PARTITION BY {', '.join(self.keys)}" if self.keys else ""
+        keys = "".join(f"{k}, " for k in self.keys)
         self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE __new AS SELECT {row_hash(cols)} AS __h, "
-            f"{', '.join(cols)}, count(*)::BIGINT AS __count FROM ({query}) GROUP BY ALL"
+            f"CREATE OR REPLACE TEMP TABLE __new AS SELECT {keys}"
+            f"row_number() OVER ({part})::BIGINT AS __ord, {self.out_cols} FROM ({query})"
         )
 
     def _recompute(self, affected: str | None) -> pa.Table | None:
@@ -138,10 +153,13 @@ class RecomputeOperator(Operator):
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE __was AS SELECT o.* FROM {out.table} o {where}")
         delta = self.con.sql(
             f"SELECT {self.out_cols}, sum(__dw)::BIGINT AS {WEIGHT} FROM ("
-            f"SELECT {self.out_cols}, __count AS __dw FROM __new UNION ALL "
-            f"SELECT {self.out_cols}, -__count AS __dw FROM __was) GROUP BY ALL HAVING sum(__dw) <> 0"
+            f"SELECT {self.out_cols}, 1 AS __dw FROM __new UNION ALL "
+            f"SELECT {self.out_cols}, -1 AS __dw FROM __was) GROUP BY ALL HAVING sum(__dw) <> 0"
         ).to_arrow_table()
-        self.con.execute(f"INSERT INTO {out.dirty} SELECT __h FROM __was UNION ALL SELECT __h FROM __new")
+        ids = "".join(f"{k}, " for k in self.keys) + "__ord"
+        self.con.execute(
+            f"INSERT INTO {out.dirty} SELECT {ids} FROM __was UNION ALL SELECT {ids} FROM __new"
+        )
         if affected:
             self.con.execute(
                 f"DELETE FROM {out.table} USING {affected} a WHERE {not_distinct(out.table, 'a', self.keys)}"
@@ -149,27 +167,24 @@ class RecomputeOperator(Operator):
         else:
             self.con.execute(f"DELETE FROM {out.table}")
         self.con.execute(f"INSERT INTO {out.table} SELECT * FROM __new")
-        if self.node.keep_sql and affected:
+        if self.node.keep_sql:
             self._prune(affected, self.node.keep_sql)
-        if self.node.prune_input:
-            # Without keys the input rows hash like the output rows: keep just the top ones.
-            (state,) = self.inputs
-            self.con.execute(f"INSERT INTO {state.dirty} SELECT __h FROM {state.table}")
-            self.con.execute(f"DELETE FROM {state.table}")
-            self.con.execute(f"INSERT INTO {state.table} SELECT * FROM {out.table}")
         return delta if delta.num_rows else None
 
-    def _prune(self, affected: str, keep: str) -> None:
-        """Drop the touched keys' input rows that fail ``keep`` (ranked over distinct rows,
-        which ranks no row lower than with duplicates counted: it keeps a superset)."""
+    def _prune(self, affected: str | None, keep: str) -> None:
+        """Drop the touched keys' input rows that fail ``keep`` (a multiset's ranked as
+        distinct rows, which ranks no row lower than with duplicates counted: it keeps a
+        superset)."""
         (state,) = self.inputs
+        rows = state.table
+        if affected:
+            rows = f"(SELECT s.* FROM {rows} s SEMI JOIN {affected} a ON {not_distinct('s', 'a', self.keys)})"
+        row_id = ROW_ID if isinstance(state, AppendLog) else "__h"
         self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE __drop AS SELECT __in.__h FROM ("
-            f"SELECT s.* FROM {state.table} s SEMI JOIN {affected} a "
-            f"ON {not_distinct('s', 'a', self.keys)}) AS __in QUALIFY NOT ({keep})"
+            f"CREATE OR REPLACE TEMP TABLE __drop AS SELECT __in.{row_id} FROM {rows} AS __in "
+            f"QUALIFY NOT ({keep})"
         )
-        self.con.execute(f"INSERT INTO {state.dirty} SELECT __h FROM __drop")
-        self.con.execute(f"DELETE FROM {state.table} s USING __drop d WHERE s.__h = d.__h")
+        state.delete_where(f"s.{row_id} IN (SELECT {row_id} FROM __drop)")
 
     # -- watermarks -----------------------------------------------------------------------
 
@@ -187,15 +202,9 @@ class RecomputeOperator(Operator):
         out = None
         if self.node.emit_on_window_close:
             self._new_output("__closed")
-            out = self.con.sql(
-                f"SELECT {self.out_cols} FROM __new, range(__new.__count)"
-            ).to_arrow_table()
+            out = self.con.sql(f"SELECT {self.out_cols} FROM __new").to_arrow_table()
         for t in self.state_tables:
-            self.con.execute(
-                f"INSERT INTO {t.dirty} SELECT s.__h FROM {t.table} s "
-                f"SEMI JOIN __closed a ON {not_distinct('s', 'a', self.keys)}"
-            )
-            self.con.execute(
-                f"DELETE FROM {t.table} USING __closed a WHERE {not_distinct(t.table, 'a', self.keys)}"
+            t.delete_where(
+                f"EXISTS (SELECT 1 FROM __closed a WHERE {not_distinct('s', 'a', self.keys)})"
             )
         return out if out is not None and out.num_rows else None

@@ -157,15 +157,12 @@ class Recompute(Node):
     #: index of the key column holding a window bound, and its end SQL (over key alias k)
     window_end_sql: str | None = None
     emit_on_window_close: bool = False
-    #: keep only the rows in the output as the input state (Top-N over append-only input:
-    #: a row outside the top can never come back, since nothing above it is ever deleted)
-    prune_input: bool = False
     #: Over: output column -> its ranking function (row_number, rank, dense_rank) over
     #: ``__in``, when every window function of the query level is one
     ranking_sql: dict[str, str] = field(default_factory=dict)
-    #: keyed Top-N over append-only input: which input rows to keep per touched key (a
-    #: condition over ``__in``, the stored input rows); the others can never rank high enough
-    #: again, since rows are only ever added above them
+    #: Top-N over append-only input: which input rows to keep per touched key (a condition
+    #: over ``__in``, the stored input rows); the others can never rank high enough again,
+    #: since nothing above them is ever deleted
     keep_sql: str | None = None
 
     def label(self) -> str:
@@ -173,7 +170,7 @@ class Recompute(Node):
         state = "state: inputs and output, keyed" if keys else "state: inputs and output"
         if self.window_end_sql:
             state += ", dropped when the watermark passes the window end"
-        if self.prune_input or self.keep_sql:
+        if self.keep_sql:
             state = "state: the top rows only" + (", keyed" if keys else "")
         emit = " emit=on window close" if self.emit_on_window_close else ""
         by = f" by {keys} key column{'s' if keys != 1 else ''}" if keys else " (whole input)"

@@ -746,9 +746,17 @@ class Planner:
             query += f" LIMIT {limit.expression.sql(D)}"
         if offset is not None:
             query += f" OFFSET {offset.expression.sql(D)}"
+        # over append-only input only the first offset + limit rows can ever be output
+        keep = None
+        counts = [x.expression for x in (limit, offset) if x is not None]
+        if limit is not None and not node.retracting and all(
+            isinstance(c, exp.Literal) and not c.is_string and c.this.isdigit() for c in counts
+        ):
+            top = sum(int(c.this) for c in counts)
+            keep = f"row_number() OVER (ORDER BY {', '.join(by)}) <= {top}"
         return Recompute(
             node.columns, True, [node], {}, what="TopN (ORDER BY ... LIMIT)",
-            key_sql=[[]], key_types=[], query_sql=query, prune_input=not node.retracting,
+            key_sql=[[]], key_types=[], query_sql=query, keep_sql=keep,
         )  # fmt: skip
 
 
