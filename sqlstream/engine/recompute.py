@@ -15,8 +15,12 @@ output is keyed by (key, ordinal within the key). For a batch on input i:
 The stored output (rather than recomputing the old one) makes retractions match exactly
 what was emitted, whatever floating-point sums or ties did. With EMIT ON WINDOW CLOSE only
 step 1 runs per batch; a window's keys are computed once, when the watermark passes its end,
-and their state dropped. Windows behind the watermark drop their state in any case. A Top-N
-over append-only input keeps only the input rows that can still reach the top.
+and their state dropped. Windows behind the watermark drop their state in any case.
+
+A Top-N over append-only input keeps only the input rows that can still reach the top, and
+stores no output: the old output of a key is the query over its rows from before the batch
+(the rows it dropped ranked below the top, so they never changed who is in it or their
+ranks), which is what was emitted.
 """
 
 from __future__ import annotations
@@ -71,15 +75,23 @@ class RecomputeOperator(Operator):
             values=[(c.name, duckdb_type(c.type)) for c in node.columns],
         )
         self.out_cols = ", ".join(qi(c.name) for c in node.columns)
+        #: the old output is recomputed from the input rows before the batch, not stored
+        self.output_from_inputs = (
+            node.keep_sql is not None
+            and len(self.inputs) == 1
+            and isinstance(self.inputs[0], AppendLog)
+            and not node.emit_on_window_close
+            and node.window_end_sql is None
+        )
 
     @property
     def state_tables(self) -> list[StateTable | AppendLog]:
-        return [*self.inputs, self.output]
+        return self.inputs if self.output_from_inputs else [*self.inputs, self.output]
 
     # -- life cycle -----------------------------------------------------------------------
 
     def restored(self) -> pa.Table | None:
-        if self.output.row_count() or any(t.row_count() for t in self.inputs):
+        if any(t.row_count() for t in self.state_tables):
             return None
         return self.initial()
 
@@ -100,8 +112,10 @@ class RecomputeOperator(Operator):
         ]
         state = self.inputs[port]
         select = ", ".join([*keys, *cols])
+        before = None
         if isinstance(state, AppendLog):
             self.run(f"CREATE OR REPLACE TEMP TABLE __d AS SELECT {select} FROM __in", batch)
+            before = state.next_row
             state.append(self.con.sql("SELECT * FROM __d").to_arrow_table())
         else:
             weight = WEIGHT if WEIGHT in batch.column_names else "1"
@@ -120,42 +134,62 @@ class RecomputeOperator(Operator):
             self.con.execute(
                 f"CREATE OR REPLACE TEMP TABLE __aff AS SELECT DISTINCT {', '.join(self.keys)} FROM __d"
             )
-            return self._recompute("__aff")
-        return self._recompute(None)
+            return self._recompute("__aff", before)
+        return self._recompute(None, before)
 
-    def _restricted(self, state: StateTable | AppendLog, affected: str | None) -> str:
-        """An input's rows (a multiset's repeated by count) whose key is in ``affected``."""
+    def _restricted(
+        self, state: StateTable | AppendLog, affected: str | None, before: int | None = None
+    ) -> str:
+        """An input's rows (a multiset's repeated by count) whose key is in ``affected`` (and,
+        of an append log, with a row id below ``before``)."""
         rows = state.table
         if affected:
             rows = f"(SELECT s.* FROM {rows} s SEMI JOIN {affected} a ON {not_distinct('s', 'a', self.keys)})"
         if isinstance(state, AppendLog):
-            return f"(SELECT t.* EXCLUDE ({ROW_ID}) FROM {rows} t)"
+            older = f" WHERE t.{ROW_ID} < {before}" if before is not None else ""
+            return f"(SELECT t.* EXCLUDE ({ROW_ID}) FROM {rows} t{older})"
         return f"(SELECT t.* EXCLUDE (__h, __count) FROM {rows} t, range(t.__count))"
 
-    def _new_output(self, affected: str | None) -> None:
+    def _new_output(
+        self, affected: str | None, target: str = "__new", before: int | None = None
+    ) -> None:
         query = self.node.query_sql
         for i, t in enumerate(self.inputs):
-            rows = self._restricted(t, affected)
+            rows = self._restricted(t, affected, before)
             query = re.sub(rf"\b__r{i}\b", lambda _, r=rows: r, query)
         part = f"PARTITION BY {', '.join(self.keys)}" if self.keys else ""
         keys = "".join(f"{k}, " for k in self.keys)
         self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE __new AS SELECT {keys}"
+            f"CREATE OR REPLACE TEMP TABLE {target} AS SELECT {keys}"
             f"row_number() OVER ({part})::BIGINT AS __ord, {self.out_cols} FROM ({query})"
         )
 
-    def _recompute(self, affected: str | None) -> pa.Table | None:
+    def _recompute(self, affected: str | None, before: int | None = None) -> pa.Table | None:
         self._new_output(affected)
         out = self.output
-        where = (
-            f"SEMI JOIN {affected} a ON {not_distinct('o', 'a', self.keys)}" if affected else ""
-        )
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE __was AS SELECT o.* FROM {out.table} o {where}")
+        if self.output_from_inputs:
+            self._new_output(affected, "__was", before if before is not None else 0)
+        else:
+            where = (
+                f"SEMI JOIN {affected} a ON {not_distinct('o', 'a', self.keys)}" if affected else ""
+            )
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE __was AS SELECT o.* FROM {out.table} o {where}"
+            )
         delta = self.con.sql(
             f"SELECT {self.out_cols}, sum(__dw)::BIGINT AS {WEIGHT} FROM ("
             f"SELECT {self.out_cols}, 1 AS __dw FROM __new UNION ALL "
             f"SELECT {self.out_cols}, -1 AS __dw FROM __was) GROUP BY ALL HAVING sum(__dw) <> 0"
         ).to_arrow_table()
+        if not self.output_from_inputs:
+            self._store_output(affected)
+        if self.node.keep_sql:
+            self._prune(affected, self.node.keep_sql)
+        return delta if delta.num_rows else None
+
+    def _store_output(self, affected: str | None) -> None:
+        """``__new`` replaces the stored output of the affected keys (``__was``)."""
+        out = self.output
         ids = "".join(f"{k}, " for k in self.keys) + "__ord"
         self.con.execute(
             f"INSERT INTO {out.dirty} SELECT {ids} FROM __was UNION ALL SELECT {ids} FROM __new"
@@ -167,9 +201,6 @@ class RecomputeOperator(Operator):
         else:
             self.con.execute(f"DELETE FROM {out.table}")
         self.con.execute(f"INSERT INTO {out.table} SELECT * FROM __new")
-        if self.node.keep_sql:
-            self._prune(affected, self.node.keep_sql)
-        return delta if delta.num_rows else None
 
     def _prune(self, affected: str | None, keep: str) -> None:
         """Drop the touched keys' input rows that fail ``keep`` (a multiset's ranked as
