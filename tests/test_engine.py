@@ -333,6 +333,8 @@ def test_where_conditions_over_both_sides_become_the_inner_join_condition(engine
     )
     text = "\n".join(r[0] for r in res.rows)
     assert "DeltaJoin" in text and "recomputed" not in text, text
+    # a.v > 2 filters the left input before the join (and its state)
+    assert text.index("Filter") > text.index("DeltaJoin"), text
     # under an outer join the WHERE condition stays a filter above the join
     (res,) = engine.execute_script(
         "EXPLAIN CREATE MATERIALIZED VIEW j2 AS SELECT a.k, b.v FROM gen a LEFT JOIN gen b "

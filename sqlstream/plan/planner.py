@@ -337,6 +337,10 @@ class Planner:
                     rkeys.append(c.this)
                     continue
             residual.append(c)
+        if side == "" and not temporal:
+            # a condition on one side of an inner join filters that side before it is joined
+            # (and kept as join state)
+            left, right, residual = _filter_sides(self, left, right, residual)
 
         # Output columns: the left's, then the right's (renamed where a name repeats).
         names = list(left.node.names)
@@ -951,6 +955,29 @@ def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
     return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
 
 
+def _filter_sides(
+    planner: Planner, left: Rel, right: Rel, conds: list[exp.Expression]
+) -> tuple[Rel, Rel, list[exp.Expression]]:
+    """Apply the conditions over one side only to that side; returns the rest."""
+    rest: list[exp.Expression] = []
+    only: tuple[list[exp.Expression], list[exp.Expression]] = ([], [])
+    for c in conds:
+        refs = references(c)
+        if not refs or "" in refs or c.find(exp.Subquery, exp.Select) is not None:
+            rest.append(c)
+        elif refs <= left.aliases:
+            only[0].append(c)
+        elif refs <= right.aliases:
+            only[1].append(c)
+        else:
+            rest.append(c)
+    if only[0]:
+        left = planner._filter(left, exp.and_(*only[0]))
+    if only[1]:
+        right = planner._filter(right, exp.and_(*only[1]))
+    return left, right, rest
+
+
 def _push_into_join(
     join: exp.Join, left_aliases: set[str], conjuncts: list[exp.Expression]
 ) -> tuple[exp.Join, list[exp.Expression]]:
@@ -961,10 +988,9 @@ def _push_into_join(
     for c in conjuncts:
         refs = references(c)
         pushable = (
-            right in refs
+            bool(refs)
             and refs <= left_aliases | {right}
             and "" not in refs
-            and refs != {right}
             and c.find(exp.Subquery, exp.Select) is None
         )
         (moved if pushable else rest).append(c)
