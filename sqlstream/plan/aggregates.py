@@ -79,14 +79,18 @@ def accumulators(
     live = f"{cond} AND {arg} IS NOT NULL" if cond and arg else (cond or f"{arg} IS NOT NULL")
 
     def counter(name: str) -> Accumulator:
-        partial = f"sum(CASE WHEN {live} THEN {w} ELSE 0 END)"
+        # over append-only input a plain count (DuckDB's native one is ~25 % faster)
+        partial = (
+            f"sum(CASE WHEN {live} THEN {w} ELSE 0 END)"
+            if weighted
+            else f"count({arg or '*'})" + (f" FILTER (WHERE {cond})" if cond else "")
+        )
         return Accumulator(name, "BIGINT", partial, add_counts(name))
 
     if isinstance(call, exp.Count) and arg is None:
         if cond is None:
             return [], '"_rows"'
-        n = f"_count{i}"
-        return [Accumulator(n, "BIGINT", f"sum(CASE WHEN {cond} THEN {w} ELSE 0 END)", add_counts(n))], q(n)
+        return [counter(f"_count{i}")], q(f"_count{i}")
     if isinstance(call, exp.Count):
         n = f"_count{i}"
         return [counter(n)], q(n)
