@@ -122,23 +122,23 @@ class StateTable:
     def delta(self) -> tuple[pa.Table, pa.Table]:
         """Rows to upsert and keys to delete since the last checkpoint (each with its vnode);
         clears the dirty set. An upsert's ``__known`` says whether Postgres has its key."""
-        keys = self.key_names
-        distinct = f"(SELECT DISTINCT {self._key_select()} FROM {self.dirty})"
+        keys, con, kept = self.key_names, self.con, self.persisted
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE __dirty AS SELECT DISTINCT {self._key_select()} "
+            f"FROM {self.dirty}"
+        )
         known = (
             f"coalesce(g.__known, FALSE) AS __known FROM {self.table} s "
-            f"SEMI JOIN {distinct} d ON {not_distinct('s', 'd', keys)} "
-            f"LEFT JOIN (SELECT *, TRUE AS __known FROM {self.persisted}) g "
+            f"SEMI JOIN __dirty d ON {not_distinct('s', 'd', keys)} "
+            f"LEFT JOIN (SELECT *, TRUE AS __known FROM {kept}) g "
             f"ON {not_distinct('s', 'g', keys)}"
             if keys
             else f"TRUE AS __known FROM {self.table} s"
         )
-        upserts = self.con.sql(
-            f"SELECT {self._vnode('s')} AS vnode, s.*, {known}"
-        ).to_arrow_table()
+        upserts = con.sql(f"SELECT {self._vnode('s')} AS vnode, s.*, {known}").to_arrow_table()
         if keys:
-            con, kept = self.con, self.persisted
             con.execute(
-                f"CREATE OR REPLACE TEMP TABLE __gone AS SELECT d.* FROM {distinct} d "
+                f"CREATE OR REPLACE TEMP TABLE __gone AS SELECT d.* FROM __dirty d "
                 f"ANTI JOIN {self.table} s ON {not_distinct('s', 'd', keys)} "
                 f"SEMI JOIN {kept} g ON {not_distinct('g', 'd', keys)}"
             )
@@ -146,11 +146,13 @@ class StateTable:
                 f"SELECT {self._vnode('d')} AS vnode, d.* FROM __gone d"
             ).to_arrow_table()
             con.execute(f"DELETE FROM {kept} USING __gone d WHERE {not_distinct(kept, 'd', keys)}")
-            con.execute(
-                f"INSERT INTO {kept} SELECT {self._key_select('d')} FROM {distinct} d "
-                f"SEMI JOIN {self.table} s ON {not_distinct('s', 'd', keys)} "
-                f"ANTI JOIN {kept} g ON {not_distinct('g', 'd', keys)}"
-            )
+            # the upserts' new keys are in Postgres from this checkpoint on
+            fresh = upserts.filter(pc.invert(upserts.column("__known"))).select(keys)
+            con.register("__fresh", fresh)
+            try:
+                con.execute(f"INSERT INTO {kept} SELECT * FROM __fresh")
+            finally:
+                con.unregister("__fresh")
         else:
             deletes = pa.table({"vnode": pa.array([], pa.int16())})
         self.con.execute(f"DELETE FROM {self.dirty}")
