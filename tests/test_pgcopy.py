@@ -106,6 +106,8 @@ def test_sliced_and_chunked_input(pg_dsn: str) -> None:
         (pa.decimal128(10, 2), "numeric(10,2)"),
         (pa.int64(), "integer"),  # narrower target: binary would be the wrong width
         (pa.uint64(), "bigint"),
+        (pa.uint16(), "smallint"),  # 65535 does not fit
+        (pa.timestamp("ns"), "timestamp"),  # needs rounding to microseconds
         (pa.string(), "jsonb"),
         (pa.list_(pa.int64()), "bigint[]"),
         (pa.timestamp("us"), "timestamptz"),

@@ -65,21 +65,36 @@ def _bools(a: pa.Array) -> np.ndarray:
     return pc.fill_null(a, False).to_numpy(zero_copy_only=False).astype(np.uint8)
 
 
+def _fits(bits: int) -> Callable[[pa.DataType], bool]:
+    """Integer types whose every value fits a signed integer of ``bits`` bits."""
+    return lambda t: pa.types.is_integer(t) and (
+        t.bit_width <= bits if pa.types.is_signed_integer(t) else t.bit_width < bits
+    )
+
+
+def _exact_micros(t: pa.DataType) -> bool:
+    # nanoseconds would need rounding, which Postgres' own text input does: CSV then
+    return t.unit != "ns"
+
+
 #: Postgres type → (accepts this Arrow type?, fixed-width encoder)
 _FIXED: dict[str, tuple[Callable[[pa.DataType], bool], _Encoder]] = {
-    "smallint": (lambda t: pa.types.is_integer(t) and t.bit_width <= 16, _ints(2)),
-    "integer": (
-        lambda t: pa.types.is_integer(t) and t.bit_width <= 32 and t != pa.uint32(),
-        _ints(4),
-    ),
-    "bigint": (lambda t: pa.types.is_integer(t) and t != pa.uint64(), _ints(8)),
+    "smallint": (_fits(16), _ints(2)),
+    "integer": (_fits(32), _ints(4)),
+    "bigint": (_fits(64), _ints(8)),
     "real": (pa.types.is_float32, _floats(4)),
     "double precision": (lambda t: pa.types.is_float32(t) or pa.types.is_float64(t), _floats(8)),
     "boolean": (pa.types.is_boolean, _bools),
-    "timestamp": (lambda t: pa.types.is_timestamp(t) and t.tz is None, _micros),
-    "timestamptz": (lambda t: pa.types.is_timestamp(t) and t.tz is not None, _micros),
+    "timestamp": (
+        lambda t: pa.types.is_timestamp(t) and t.tz is None and _exact_micros(t),
+        _micros,
+    ),
+    "timestamptz": (
+        lambda t: pa.types.is_timestamp(t) and t.tz is not None and _exact_micros(t),
+        _micros,
+    ),
     "date": (pa.types.is_date32, _days),
-    "time": (pa.types.is_time, _time_us),
+    "time": (lambda t: pa.types.is_time(t) and _exact_micros(t), _time_us),
 }
 _TEXT = {"varchar", "text"}
 
