@@ -163,18 +163,25 @@ def last_base0_auction(ev: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
     return epoch * a + local
 
 
-def _next_base0_person(ev: np.ndarray, h: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
-    """A recent (active) person, up to ``person_id_lead`` ids beyond the last one."""
-    num = last_base0_person(ev, cfg) + 1
+def _next_base0_person(last: np.ndarray, h: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
+    """A recent (active) person, up to ``person_id_lead`` ids beyond the ``last`` one."""
+    num = last + 1
     active = np.minimum(num, cfg.active_people)
     return num - active + _below_hi(h, active + cfg.person_id_lead)
 
 
-def _next_base0_auction(ev: np.ndarray, h: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
-    """An in-flight auction, up to ``auction_id_lead`` ids beyond the last one."""
-    max_a = last_base0_auction(ev, cfg)
-    min_a = np.maximum(max_a - cfg.in_flight_auctions, 0)
-    return min_a + _below_hi(h, np.maximum(max_a - min_a + 1 + cfg.auction_id_lead, 1))
+def _next_base0_auction(last: np.ndarray, h: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
+    """An in-flight auction, up to ``auction_id_lead`` ids beyond the ``last`` one."""
+    min_a = np.maximum(last - cfg.in_flight_auctions, 0)
+    return min_a + _below_hi(h, np.maximum(last - min_a + 1 + cfg.auction_id_lead, 1))
+
+
+def _bid_blocks(ev: np.ndarray, cfg: NexmarkConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(last person, last auction) before bids ``ev``: a block's bids come after its person
+    and auctions, so both are the block's last (one division instead of two divmods)."""
+    epoch = ev // cfg.denominator
+    p, a = cfg.person_proportion, cfg.auction_proportion
+    return epoch * p + (p - 1), epoch * a + (a - 1)
 
 
 def event_time_us(ev: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
@@ -458,8 +465,9 @@ def _auction(
     if "seller" in want:
         h = _hash(ev, keys("auction.seller"))
         hot = _below_lo(h, cfg.hot_seller_ratio) > 0
-        hot_id = (last_base0_person(ev, cfg) // HOT_SELLER_GROUP) * HOT_SELLER_GROUP
-        seller = np.where(hot, hot_id, _next_base0_person(ev, h, cfg))
+        last = last_base0_person(ev, cfg)
+        hot_id = (last // HOT_SELLER_GROUP) * HOT_SELLER_GROUP
+        seller = np.where(hot, hot_id, _next_base0_person(last, h, cfg))
         out["seller"] = _i64(seller + cfg.first_person_id)
     if "category" in want:
         cat = _below_hi(_hash(ev, keys("auction.category")), cfg.num_categories)
@@ -475,16 +483,18 @@ def _bid(
     if "auction" in want:
         h = _hash(ev, keys("bid.auction"))
         hot = _below_lo(h, cfg.hot_auction_ratio) > 0
-        hot_id = (last_base0_auction(ev, cfg) // HOT_AUCTION_GROUP) * HOT_AUCTION_GROUP
+        last = _bid_blocks(ev, cfg)[1]
+        hot_id = (last // HOT_AUCTION_GROUP) * HOT_AUCTION_GROUP
         out["auction"] = _i64(
-            np.where(hot, hot_id, _next_base0_auction(ev, h, cfg)) + cfg.first_auction_id
+            np.where(hot, hot_id, _next_base0_auction(last, h, cfg)) + cfg.first_auction_id
         )
     if "bidder" in want:
         h = _hash(ev, keys("bid.bidder"))
         hot = _below_lo(h, cfg.hot_bidder_ratio) > 0
-        hot_id = (last_base0_person(ev, cfg) // HOT_BIDDER_GROUP) * HOT_BIDDER_GROUP + 1
+        last = _bid_blocks(ev, cfg)[0]
+        hot_id = (last // HOT_BIDDER_GROUP) * HOT_BIDDER_GROUP + 1
         out["bidder"] = _i64(
-            np.where(hot, hot_id, _next_base0_person(ev, h, cfg)) + cfg.first_person_id
+            np.where(hot, hot_id, _next_base0_person(last, h, cfg)) + cfg.first_person_id
         )
     if "price" in want:
         out["price"] = _i64(_price(_hash(ev, keys("bid.price"))))
