@@ -19,9 +19,9 @@ def test_vnode_is_the_first_md5_byte_of_the_key_text() -> None:
         "(NULL, 8, 2), (TIMESTAMP '1999-12-31 23:59:59', NULL, 3)"
     )
     st.mark_all_dirty()
-    upserts, deletes = st.delta()
-    assert deletes.num_rows == 0
-    got = {(r["w"] and str(r["w"]), r["k"]): r["vnode"] for r in upserts.to_pylist()}
+    delta = st.delta()
+    assert delta.gone.num_rows == 0 and delta.changed.num_rows == 0
+    got = {(r["w"] and str(r["w"]), r["k"]): r["vnode"] for r in delta.new.to_pylist()}
     texts = {
         ("2024-01-01 00:00:10", 7): "2024-01-01 00:00:10|7",
         (None, 8): "\\N|8",

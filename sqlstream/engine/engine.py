@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -28,11 +27,12 @@ from sqlstream.checkpoint.store import CatalogStore, ObjectRow
 from sqlstream.config import Settings
 from sqlstream.connectors.base import ConnectorContext, Format, Source
 from sqlstream.connectors.registry import sink_class, source_class
+from sqlstream.engine import alignment
 from sqlstream.engine.build import operator_id
 from sqlstream.engine.changes import with_weights
 from sqlstream.engine.materialize import MaterializeOperator
 from sqlstream.engine.pipeline import Pipeline, SinkRunner
-from sqlstream.engine.reader import WATERMARK_END, Reader, watermark_offset_us
+from sqlstream.engine.reader import Reader, watermark_offset_us
 from sqlstream.engine.tables import Table, TableLogSource, duckdb_error
 from sqlstream.errors import (
     DataException,
@@ -55,14 +55,6 @@ from sqlstream.types import Column, Schema, from_duckdb
 
 log = logging.getLogger("sqlstream")
 
-#: Watermark alignment (see ``Engine._poll_budget`` and docs/performance.md, "Memory over a
-#: run"): how far, in event time, a reader may read ahead of the slowest reader of its
-#: pipeline. Only a tolerance: a leading reader reads each epoch about as much event time as
-#: the slowest did, whatever this is, so it bounds the lead without costing throughput.
-ALIGN_MAX_LEAD_US = 1_000_000
-#: seconds a reader's source may have nothing to give before the reader stops holding the
-#: others back (an idle source: caught up, or a quiet topic; Flink's idle timeout)
-ALIGN_IDLE_S = 1.0
 
 
 @dataclass
@@ -137,8 +129,8 @@ class Engine:
         self._rows_in_ckpt = 0
         self._rows_out_ckpt = 0
         self._frozen = False
-        self.align_max_lead_us = ALIGN_MAX_LEAD_US
-        self.align_idle_s = ALIGN_IDLE_S
+        self.align_max_lead_us = alignment.MAX_LEAD_US
+        self.align_idle_s = alignment.IDLE_S
         # interrupt_query() comes from other threads; it may only ever stop an ad-hoc query.
         self._query_lock = threading.Lock()
         self._querying = False
@@ -693,31 +685,32 @@ class Engine:
     def run_epoch(self) -> int:
         """Poll every reader once and push what arrives; returns the rows read.
 
-        The readers of one pipeline are aligned in event time (:meth:`_reach`,
-        :meth:`_poll_budget`): none reads more than about ``align_max_lead_us`` past where the
-        one that gets least far ends this epoch.
+        The readers of one pipeline are aligned in event time (:mod:`.alignment`): none reads
+        more than about ``align_max_lead_us`` past where the one that gets least far ends
+        this epoch.
         """
         total = 0
         now = time.monotonic()
+        full = self.settings.batch_rows
         for p in list(self.pipelines.values()):
             aligning = sum(r.watermark_column is not None for r in p.readers) > 1
-            reach = self._reach(p, now) if aligning else {}
+            reach = alignment.reach(p.readers, full, self.align_idle_s, now) if aligning else {}
             # the reader furthest behind goes first: those after it are sized against where
             # it actually got to (its source may have had less than asked, or nothing)
-            order = (
-                sorted(range(len(p.readers)), key=lambda i: self._behind(p.readers[i]))
-                if aligning
-                else range(len(p.readers))
-            )
+            order = alignment.poll_order(p.readers) if aligning else range(len(p.readers))
             for i in order:
                 r = p.readers[i]
-                budget = self._poll_budget(r, i, reach, aligning)
+                budget = (
+                    alignment.poll_budget(r, i, reach, full, self.align_max_lead_us)
+                    if aligning
+                    else full
+                )
                 if budget == 0:
                     r.held_epochs += 1
                     continue
                 data = r.poll(self.con, budget)
                 if i in reach:
-                    if self._aligned(r):
+                    if alignment.moving(r):
                         reach[i] = r.watermark_us  # type: ignore[assignment]
                     else:
                         del reach[i]
@@ -728,70 +721,6 @@ class Engine:
             p.advance()
         self.rows_in += total
         return total
-
-    @staticmethod
-    def _behind(r: Reader) -> float:
-        """Sort key of the poll order: the watermark (none yet first)."""
-        return -math.inf if r.watermark_us is None else r.watermark_us
-
-    @staticmethod
-    def _aligned(r: Reader) -> bool:
-        """Whether a reader has a watermark that is still moving (read some, not finished)."""
-        return r.watermark_column is not None and r.watermark_us not in (None, WATERMARK_END)
-
-    def _reach(self, p: Pipeline, now: float) -> dict[int, float]:
-        """Where, in event time, each reader of ``p`` that takes part in alignment would get
-        with a full poll (its watermark plus ``batch_rows`` at its last batch's rows per
-        microsecond); by index into ``p.readers``.
-
-        Taking part: a moving watermark and not idle, i.e. its source has had rows within the
-        last ``align_idle_s`` seconds. A reader that has not read yet, has finished, has no
-        watermark or is idle holds no one back: waiting for it cannot bring the readers
-        together, only stall them (an idle source may never send again, and ``run --once``
-        must end).
-        """
-        full = self.settings.batch_rows
-        reach = {}
-        for i, r in enumerate(p.readers):
-            if not self._aligned(r):
-                continue
-            if r.empty_since is not None and now - r.empty_since >= self.align_idle_s:
-                continue
-            step = full / r.rows_per_us if r.rows_per_us else math.inf
-            reach[i] = r.watermark_us + step  # type: ignore[operator]
-        return reach if len(reach) > 1 else {}
-
-    def _poll_budget(self, r: Reader, i: int, reach: dict[int, float], aligning: bool) -> int:
-        """Rows to ask reader ``r`` (index ``i``) for this epoch; 0 means skip it (it leads).
-
-        The target is the least far any aligned reader gets this epoch plus
-        ``align_max_lead_us``: for one already polled (those behind ``r``) where it actually
-        got to, for the others where a full poll would take them (:meth:`_reach`). A reader
-        reads the rows that take it to the target at its last batch's rows per microsecond:
-        at least 1/64 of ``batch_rows`` (so that its polls do not shrink to where their fixed
-        cost dominates), at most all of it; none when it is already there. So the reader
-        that sets the target reads a full batch and the others about as much event time,
-        and while any reader has input, some reader reads: alignment never stalls a job.
-
-        A reader whose rows per microsecond are not known yet (none read since the start or
-        a restart) first reads small probes, so that its first batch cannot lead by a whole
-        batch of event time; after a full batch's worth of rows without knowing (event time
-        that does not move) it reads in full.
-        """
-        full = self.settings.batch_rows
-        probe = max(full // 64, 1)
-        if not aligning or r.watermark_column is None:
-            return full
-        if r.rows_per_us is None:
-            return probe if r.rows_read < full and r.watermark_us != WATERMARK_END else full
-        if i not in reach:
-            return full
-        room = min(reach.values()) + self.align_max_lead_us - r.watermark_us  # type: ignore[operator]
-        if room <= 0:
-            return 0
-        if math.isinf(room):
-            return full
-        return max(probe, min(full, math.ceil(room * r.rows_per_us)))
 
     def _check_bad_records(self, r: Reader) -> None:
         if not r.dead_letters:

@@ -142,13 +142,17 @@ class RecomputeOperator(Operator):
     ) -> str:
         """An input's rows (a multiset's repeated by count) whose key is in ``affected`` (and,
         of an append log, with a row id below ``before``)."""
-        rows = state.table
-        if affected:
-            rows = f"(SELECT s.* FROM {rows} s SEMI JOIN {affected} a ON {not_distinct('s', 'a', self.keys)})"
+        rows = self._of_keys(state.table, affected)
         if isinstance(state, AppendLog):
             older = f" WHERE t.{ROW_ID} < {before}" if before is not None else ""
             return f"(SELECT t.* EXCLUDE ({ROW_ID}) FROM {rows} t{older})"
         return f"(SELECT t.* EXCLUDE (__h, __count) FROM {rows} t, range(t.__count))"
+
+    def _of_keys(self, table: str, affected: str | None) -> str:
+        """The rows of ``table`` whose key is in ``affected`` (all of them without one)."""
+        if not affected:
+            return table
+        return f"(SELECT s.* FROM {table} s SEMI JOIN {affected} a ON {not_distinct('s', 'a', self.keys)})"
 
     def _new_output(
         self, affected: str | None, target: str = "__new", before: int | None = None
@@ -166,15 +170,12 @@ class RecomputeOperator(Operator):
 
     def _recompute(self, affected: str | None, before: int | None = None) -> pa.Table | None:
         self._new_output(affected)
-        out = self.output
         if self.output_from_inputs:
             self._new_output(affected, "__was", before if before is not None else 0)
         else:
-            where = (
-                f"SEMI JOIN {affected} a ON {not_distinct('o', 'a', self.keys)}" if affected else ""
-            )
             self.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE __was AS SELECT o.* FROM {out.table} o {where}"
+                f"CREATE OR REPLACE TEMP TABLE __was AS SELECT * FROM "
+                f"{self._of_keys(self.output.table, affected)}"
             )
         delta = self.con.sql(
             f"SELECT {self.out_cols}, sum(__dw)::BIGINT AS {WEIGHT} FROM ("
@@ -207,9 +208,7 @@ class RecomputeOperator(Operator):
         distinct rows, which ranks no row lower than with duplicates counted: it keeps a
         superset)."""
         (state,) = self.inputs
-        rows = state.table
-        if affected:
-            rows = f"(SELECT s.* FROM {rows} s SEMI JOIN {affected} a ON {not_distinct('s', 'a', self.keys)})"
+        rows = self._of_keys(state.table, affected)
         row_id = ROW_ID if isinstance(state, AppendLog) else "__h"
         self.con.execute(
             f"CREATE OR REPLACE TEMP TABLE __drop AS SELECT __in.{row_id} FROM {rows} AS __in "

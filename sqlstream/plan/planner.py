@@ -322,7 +322,7 @@ class Planner:
         if kind == "cross":
             side = ""
         on = join.args.get("on")
-        conjuncts = list(on.flatten()) if isinstance(on, exp.And) else ([on] if on else [])
+        conjuncts = _conjuncts(on) if on is not None else []
         lkeys, rkeys, residual = [], [], []
         la, ra = left.aliases, right.aliases
         for c in conjuncts:
@@ -955,6 +955,15 @@ def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
     return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
 
 
+def _movable(condition: exp.Expression) -> set[str] | None:
+    """The aliases a condition reads, when it may be moved to where they all are: it reads
+    some, all qualified, and holds no subquery."""
+    refs = references(condition)
+    if not refs or "" in refs or condition.find(exp.Subquery, exp.Select) is not None:
+        return None
+    return refs
+
+
 def _filter_sides(
     planner: Planner, left: Rel, right: Rel, conds: list[exp.Expression]
 ) -> tuple[Rel, Rel, list[exp.Expression]]:
@@ -962,8 +971,8 @@ def _filter_sides(
     rest: list[exp.Expression] = []
     only: tuple[list[exp.Expression], list[exp.Expression]] = ([], [])
     for c in conds:
-        refs = references(c)
-        if not refs or "" in refs or c.find(exp.Subquery, exp.Select) is not None:
+        refs = _movable(c)
+        if refs is None:
             rest.append(c)
         elif refs <= left.aliases:
             only[0].append(c)
@@ -986,14 +995,8 @@ def _push_into_join(
     right = join.this.alias_or_name
     moved, rest = [], []
     for c in conjuncts:
-        refs = references(c)
-        pushable = (
-            bool(refs)
-            and refs <= left_aliases | {right}
-            and "" not in refs
-            and c.find(exp.Subquery, exp.Select) is None
-        )
-        (moved if pushable else rest).append(c)
+        refs = _movable(c)
+        (moved if refs is not None and refs <= left_aliases | {right} else rest).append(c)
     if not moved:
         return join, conjuncts
     join = join.copy()

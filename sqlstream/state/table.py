@@ -6,7 +6,8 @@ Every update also records the touched keys in a "dirty" table, so a checkpoint w
 the rows that changed (upserts for keys still present, deletes for keys gone): its cost
 follows the change, not the state size (DESIGN §6). A third table holds the keys Postgres
 has, so a key that came and went between two checkpoints (a bid that never made an
-auction's top 10, a window opened and closed within the interval) costs Postgres nothing. Each Postgres row carries ``vnode``, the
+auction's top 10, a window opened and closed within the interval) costs Postgres nothing,
+and a new key goes in without a conflict check. Each Postgres row carries ``vnode``, the
 md5 of the key's text form modulo 256, so state can later be split among workers.
 
 >>> import duckdb
@@ -15,17 +16,20 @@ md5 of the key's text form modulo 256, so state can later be split among workers
 >>> st.create()
 >>> _ = con.execute(f"INSERT INTO {st.table} VALUES (1, 10), (NULL, 5)")
 >>> _ = con.execute(f"INSERT INTO {st.dirty} VALUES (1), (NULL), (2)")
->>> up, gone = st.delta()
->>> sorted(up.column("n").to_pylist()), gone.column("k").to_pylist()
-([5, 10], [])
->>> _ = con.execute(f"DELETE FROM {st.table} WHERE k = 1")
->>> _ = con.execute(f"INSERT INTO {st.dirty} VALUES (1)")
->>> up, gone = st.delta()
->>> up.num_rows, gone.column("k").to_pylist()
-(0, [1])
+>>> d = st.delta()
+>>> sorted(d.new.column("n").to_pylist()), d.changed.num_rows, d.gone.column("k").to_pylist()
+([5, 10], 0, [])
+>>> _ = con.execute(f"UPDATE {st.table} SET n = 11 WHERE k = 1")
+>>> _ = con.execute(f"INSERT INTO {st.dirty} VALUES (1), (NULL)")
+>>> _ = con.execute(f"DELETE FROM {st.table} WHERE k IS NULL")
+>>> d = st.delta()
+>>> d.new.num_rows, d.changed.column("n").to_pylist(), d.gone.column("k").to_pylist()
+(0, [11], [None])
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import duckdb
 import psycopg
@@ -49,6 +53,14 @@ def not_distinct(left: str, right: str, cols: list[str]) -> str:
     if not cols:
         return "TRUE"
     return " AND ".join(f"{left}.{qi(c)} IS NOT DISTINCT FROM {right}.{qi(c)}" for c in cols)
+
+
+class Delta(NamedTuple):
+    """A state table's changes since the last checkpoint, each row with its vnode."""
+
+    new: pa.Table  # rows of keys Postgres does not have
+    changed: pa.Table  # rows of keys it has
+    gone: pa.Table  # keys it has that are no longer in the state
 
 
 class StateTable:
@@ -119,44 +131,42 @@ class StateTable:
         # vnode as ``md5_number(...) % 256``, without a 128-bit division per row (3x faster).
         return f"(md5_number_upper(concat_ws('|', {parts})) % 256)::SMALLINT"
 
-    def delta(self) -> tuple[pa.Table, pa.Table]:
-        """Rows to upsert and keys to delete since the last checkpoint (each with its vnode);
-        clears the dirty set. An upsert's ``__known`` says whether Postgres has its key."""
+    def delta(self) -> Delta:
+        """The changes since the last checkpoint; clears the dirty set and records the new
+        keys as being in Postgres (a failed checkpoint is recovered from the previous one,
+        which discards this state altogether)."""
         keys, con, kept = self.key_names, self.con, self.persisted
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE __dirty AS SELECT DISTINCT {self._key_select()} "
             f"FROM {self.dirty}"
         )
-        known = (
-            f"coalesce(g.__known, FALSE) AS __known FROM {self.table} s "
-            f"SEMI JOIN __dirty d ON {not_distinct('s', 'd', keys)} "
+        con.execute(f"DELETE FROM {self.dirty}")
+        if not keys:  # the one row of a global aggregate: always an upsert
+            row = con.sql(f"SELECT {self._vnode('s')} AS vnode, s.* FROM {self.table} s")
+            changed = row.to_arrow_table()
+            return Delta(changed.slice(0, 0), changed, pa.table({"vnode": pa.array([], pa.int16())}))
+        upserts = con.sql(
+            f"SELECT {self._vnode('s')} AS vnode, s.*, g.__known IS NOT NULL AS __known "
+            f"FROM {self.table} s SEMI JOIN __dirty d ON {not_distinct('s', 'd', keys)} "
             f"LEFT JOIN (SELECT *, TRUE AS __known FROM {kept}) g "
             f"ON {not_distinct('s', 'g', keys)}"
-            if keys
-            else f"TRUE AS __known FROM {self.table} s"
+        ).to_arrow_table()
+        known = upserts.column("__known")
+        upserts = upserts.drop_columns(["__known"])
+        new, changed = upserts.filter(pc.invert(known)), upserts.filter(known)
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE __gone AS SELECT d.* FROM __dirty d "
+            f"ANTI JOIN {self.table} s ON {not_distinct('s', 'd', keys)} "
+            f"SEMI JOIN {kept} g ON {not_distinct('g', 'd', keys)}"
         )
-        upserts = con.sql(f"SELECT {self._vnode('s')} AS vnode, s.*, {known}").to_arrow_table()
-        if keys:
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE __gone AS SELECT d.* FROM __dirty d "
-                f"ANTI JOIN {self.table} s ON {not_distinct('s', 'd', keys)} "
-                f"SEMI JOIN {kept} g ON {not_distinct('g', 'd', keys)}"
-            )
-            deletes = con.sql(
-                f"SELECT {self._vnode('d')} AS vnode, d.* FROM __gone d"
-            ).to_arrow_table()
-            con.execute(f"DELETE FROM {kept} USING __gone d WHERE {not_distinct(kept, 'd', keys)}")
-            # the upserts' new keys are in Postgres from this checkpoint on
-            fresh = upserts.filter(pc.invert(upserts.column("__known"))).select(keys)
-            con.register("__fresh", fresh)
-            try:
-                con.execute(f"INSERT INTO {kept} SELECT * FROM __fresh")
-            finally:
-                con.unregister("__fresh")
-        else:
-            deletes = pa.table({"vnode": pa.array([], pa.int16())})
-        self.con.execute(f"DELETE FROM {self.dirty}")
-        return upserts, deletes
+        gone = con.sql(f"SELECT {self._vnode('d')} AS vnode, d.* FROM __gone d").to_arrow_table()
+        con.execute(f"DELETE FROM {kept} USING __gone d WHERE {not_distinct(kept, 'd', keys)}")
+        con.register("__fresh", new.select(keys))
+        try:
+            con.execute(f"INSERT INTO {kept} SELECT * FROM __fresh")
+        finally:
+            con.unregister("__fresh")
+        return Delta(new, changed, gone)
 
     # -- Postgres mirror ------------------------------------------------------------------
 
@@ -180,7 +190,7 @@ class StateTable:
         """Write the changes since the last checkpoint inside the checkpoint transaction."""
         if not self.con.sql(f"SELECT count(*) FROM {self.dirty}").fetchall()[0][0]:
             return 0, 0
-        upserts, deletes = self.delta()
+        new, upserts, deletes = self.delta()
         pg_types = dict(self.pg_columns())
         names = list(pg_types)
         key = ["vnode", *self.key_names]
@@ -216,13 +226,9 @@ class StateTable:
                         "DELETE FROM {} t USING {} d WHERE t.vnode = d.vnode AND ({}) AND {}"
                     ).format(self.pg_table, tmp, has_null, same)
                 )
-        known = upserts.column("__known")
-        upserts = upserts.drop_columns(["__known"])
-        inserts = upserts.filter(pc.invert(known))
-        if inserts.num_rows:
+        if new.num_rows:
             # keys Postgres does not have: straight in, no staging table, no conflict check
-            copy_in(cur, self.pg_table, inserts, [pg_types[n] for n in inserts.column_names])
-        upserts = upserts.filter(known)
+            copy_in(cur, self.pg_table, new, [pg_types[n] for n in new.column_names])
         if upserts.num_rows:
             tmp = sql.Identifier(f"_up_{self.operator_id}")
             cur.execute(
@@ -249,7 +255,7 @@ class StateTable:
                     on_conflict,
                 )
             )
-        return inserts.num_rows + upserts.num_rows, deletes.num_rows
+        return new.num_rows + upserts.num_rows, deletes.num_rows
 
     def pg_load(self, conn: psycopg.Connection) -> int:
         """Replace the DuckDB table with the checkpointed rows (recovery)."""
