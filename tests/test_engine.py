@@ -204,9 +204,11 @@ def test_state_from_another_plan_is_refused_unless_reset(catalog_dsn, tmp_data_d
     e.execute_script(job)
     run_engine(e, JobOptions(once=True))
     e.close()
-    # As if an older sqlstream had planned it differently.
+    # As if an older sqlstream had planned it differently, and laid its state out otherwise.
     with psycopg.connect(catalog_dsn) as conn:
         conn.execute("UPDATE sqlstream.operator_state SET fingerprint = 'older'")
+        for (table,) in conn.execute("SELECT state_table FROM sqlstream.operator_state"):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN __row")
     with pytest.raises(SqlStreamError) as info:
         Engine(settings, catalog_dsn)
     assert "--reset m" in str(info.value)

@@ -20,8 +20,8 @@ def test_vnode_is_the_first_md5_byte_of_the_key_text() -> None:
     )
     st.mark_all_dirty()
     delta = st.delta()
-    assert delta.gone.num_rows == 0 and delta.changed.num_rows == 0
-    got = {(r["w"] and str(r["w"]), r["k"]): r["vnode"] for r in delta.new.to_pylist()}
+    assert delta.dropped.num_rows == 0
+    got = {(r["w"] and str(r["w"]), r["k"]): r["vnode"] for r in delta.rows.to_pylist()}
     texts = {
         ("2024-01-01 00:00:10", 7): "2024-01-01 00:00:10|7",
         (None, 8): "\\N|8",
@@ -31,12 +31,15 @@ def test_vnode_is_the_first_md5_byte_of_the_key_text() -> None:
 
 
 def _mirror(conn, st: StateTable) -> list[tuple]:
-    return conn.execute(f"SELECT k, n FROM sqlstream_state.{st.operator_id} ORDER BY k").fetchall()
+    return conn.execute(
+        f"SELECT k, n, __row FROM sqlstream_state.{st.operator_id} ORDER BY k, __row"
+    ).fetchall()
 
 
 def test_postgres_gets_deletes_only_for_keys_it_holds(pg_dsn: str) -> None:
-    """A key added and removed between two checkpoints costs Postgres nothing; a key it
-    holds is deleted there, also after the state was reloaded from Postgres."""
+    """A key added and removed between two checkpoints costs Postgres nothing; a changed key's
+    row is replaced by one under a new row id, a gone key's row deleted, also after the state
+    was reloaded from Postgres. Keys holding NULL are keys like any other."""
     con = duckdb.connect()
     st = StateTable(con, "op_deletes", [("k", "BIGINT")], [("n", "BIGINT")])
     st.create()
@@ -46,26 +49,31 @@ def test_postgres_gets_deletes_only_for_keys_it_holds(pg_dsn: str) -> None:
         with conn.cursor() as cur:
             st.pg_create(cur)
 
-        def checkpoint() -> tuple[int, int]:
+        def checkpoint(table: StateTable = st) -> tuple[int, int]:
             with conn.transaction(), conn.cursor() as cur:
-                return st.pg_write_delta(cur)
+                return table.pg_write_delta(cur)
 
         con.execute(f"INSERT INTO {st.table} VALUES (1, 10), (2, 20), (NULL, 5)")
         st.mark_all_dirty()
         assert checkpoint() == (3, 0)
+        assert sorted(r[2] for r in _mirror(conn, st)) == [0, 1, 2]
         # 3 arrives and goes within one interval, 2 (in Postgres) goes, 1 changes
         con.execute(f"INSERT INTO {st.table} VALUES (3, 30)")
         con.execute(f"INSERT INTO {st.dirty} VALUES (3)")
         con.execute(f"DELETE FROM {st.table} WHERE k IN (2, 3)")
         con.execute(f"UPDATE {st.table} SET n = 11 WHERE k = 1")
         con.execute(f"INSERT INTO {st.dirty} VALUES (1), (2), (3)")
-        assert checkpoint() == (1, 1)
-        assert _mirror(conn, st) == [(1, 11), (None, 5)]
-        # recovered from Postgres: its keys are known to be there
+        assert checkpoint() == (1, 2)  # 1's new row; 1's old row and 2's row deleted
+        null_row = [r[2] for r in _mirror(conn, st) if r[0] is None]
+        assert _mirror(conn, st) == [(1, 11, 3), (None, 5, null_row[0])]
+        # recovered from Postgres: its keys and their row ids are known, new ids go on
         fresh = StateTable(con, "op_deletes", [("k", "BIGINT")], [("n", "BIGINT")])
         assert fresh.pg_load(conn) == 2
+        con.execute(f"UPDATE {fresh.table} SET n = 6 WHERE k IS NULL")
+        con.execute(f"INSERT INTO {fresh.dirty} VALUES (NULL)")
+        assert checkpoint(fresh) == (1, 1)
+        assert _mirror(conn, fresh) == [(1, 11, 3), (None, 6, 4)]
         con.execute(f"DELETE FROM {fresh.table} WHERE k IS NULL")
         con.execute(f"INSERT INTO {fresh.dirty} VALUES (NULL)")
-        with conn.transaction(), conn.cursor() as cur:
-            assert fresh.pg_write_delta(cur) == (0, 1)
-        assert _mirror(conn, fresh) == [(1, 11)]
+        assert checkpoint(fresh) == (0, 1)
+        assert _mirror(conn, fresh) == [(1, 11, 3)]

@@ -109,16 +109,15 @@ class CatalogStore:
             ).fetchall()
         )
 
-    def reset_state(self, cur: psycopg.Cursor, obj: str, fingerprint: str) -> None:
-        """Empty an object's state, offsets and watermarks: it starts from its sources anew."""
+    def reset_state(self, cur: psycopg.Cursor, obj: str) -> None:
+        """Drop an object's state tables (which another plan may have laid out differently),
+        offsets and watermarks: the caller creates the new plan's tables, and the object
+        starts from its sources anew."""
         for (op,) in cur.execute(
             "SELECT operator FROM sqlstream.operator_state WHERE object = %s", [obj]
         ).fetchall():
-            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier("sqlstream_state", op)))
-        cur.execute(
-            "UPDATE sqlstream.operator_state SET fingerprint = %s WHERE object = %s",
-            [fingerprint, obj],
-        )
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("sqlstream_state", op)))
+        cur.execute("DELETE FROM sqlstream.operator_state WHERE object = %s", [obj])
         cur.execute("DELETE FROM sqlstream.source_offsets WHERE object = %s", [obj])
         cur.execute("DELETE FROM sqlstream.watermarks WHERE object = %s", [obj])
 

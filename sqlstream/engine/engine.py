@@ -177,7 +177,8 @@ class Engine:
                     "its state and compute it anew from its sources"
                 )
             with self.store.conn.transaction(), self.store.conn.cursor() as cur:
-                self.store.reset_state(cur, p.name, p.plan.fingerprint)
+                self.store.reset_state(cur, p.name)
+                self._create_state(cur, p.name, p)
             restoring = False
         p.create()
         for u in p.upstream:
@@ -361,17 +362,22 @@ class Engine:
     def _register_new(self, row: ObjectRow, p: Pipeline | None) -> None:
         with self.store.conn.transaction(), self.store.conn.cursor() as cur:
             self.store.insert_object(row, cur)
-            for kind, t in p.state_kinds() if p else []:
-                t.pg_create(cur)
-                self.store.register_state(
-                    cur,
-                    t.operator_id,
-                    row.name,
-                    kind.removesuffix("Operator").lower(),
-                    [[n, ty] for n, ty in t.pg_columns()],
-                    p.plan.fingerprint,
-                )
+            if p is not None:
+                self._create_state(cur, row.name, p)
         self.objects[row.name] = row
+
+    def _create_state(self, cur: psycopg.Cursor, name: str, p: Pipeline) -> None:
+        """Create and register the Postgres tables of ``p``'s operator state."""
+        for kind, t in p.state_kinds():
+            t.pg_create(cur)
+            self.store.register_state(
+                cur,
+                t.operator_id,
+                name,
+                kind.removesuffix("Operator").lower(),
+                [[n, ty] for n, ty in t.pg_columns()],
+                p.plan.fingerprint,
+            )
 
     def _do_CreateMaterializedView(self, stmt: st.CreateMaterializedView) -> Result:
         p = self._pipeline(stmt.name, "materialized view", stmt.query, stmt.emit_on_window_close)

@@ -33,8 +33,8 @@ import pyarrow as pa
 from sqlstream.connectors.base import WEIGHT
 from sqlstream.engine.operator import Operator
 from sqlstream.plan.nodes import Recompute
-from sqlstream.state.append_log import ROW_ID, AppendLog
-from sqlstream.state.table import StateTable, merge_partial, not_distinct, qi
+from sqlstream.state.append_log import AppendLog
+from sqlstream.state.table import ROW_ID, StateTable, merge_partial, not_distinct, qi
 from sqlstream.types import duckdb_type
 
 

@@ -63,6 +63,7 @@ from sqlstream.plan.nodes import (
     Union,
 )
 from sqlstream.plan.scope import D, Rel, compile_expr, q, references
+from sqlstream.state.table import STATE_LAYOUT
 from sqlstream.types import Column, Schema, duckdb_type, from_duckdb
 
 _NONDETERMINISTIC_FUNCS = {
@@ -1026,7 +1027,8 @@ def plan_query(
 
     root = fuse(root)
     plan = QueryPlan(name, root)
-    plan.fingerprint = hashlib.sha256(_fingerprint_text(root).encode()).hexdigest()[:16]
+    text = f"state layout {STATE_LAYOUT}\n{_fingerprint_text(root)}"
+    plan.fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
     return plan
 
 

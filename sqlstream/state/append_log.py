@@ -24,10 +24,8 @@ import pyarrow as pa
 from psycopg import sql
 
 from sqlstream.formats.pgcopy import copy_in, copy_out
-from sqlstream.state.table import PG_SCHEMA, qi
+from sqlstream.state.table import PG_SCHEMA, ROW_ID, qi
 from sqlstream.types import from_duckdb
-
-ROW_ID = "__row"
 
 
 class AppendLog:
