@@ -75,13 +75,16 @@ def test_blackhole_counts_and_follows_checkpoints() -> None:
     sink.recover(None)
     sink.write(pa.table({"x": [1, 2, 3]}))
     sink.write(pa.table({"x": [3, 4], "__weight": [-1, 1]}))
+    sink.seal(1)
     sink.pre_commit(1, None)  # type: ignore[arg-type]
     sink.abort(1)
     assert sink.committed_rows == 0
     sink.write(pa.table({"x": [5]}))
+    sink.seal(1)
+    sink.write(pa.table({"x": [6]}))  # after the seal: the next epoch's
     sink.pre_commit(1, None)  # type: ignore[arg-type]
     sink.commit(1)
-    assert (sink.inserts, sink.retractions, sink.committed_rows) == (5, 1, 6)
+    assert (sink.inserts, sink.retractions, sink.committed_rows) == (6, 1, 6)
     with pytest.raises(InvalidParameterValue):
         BlackholeSink(CTX, [], {"path": "x"}, None)
 

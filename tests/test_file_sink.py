@@ -89,6 +89,7 @@ def make_sink(path: Path, encode: str = "parquet", **options: str) -> FileSink:
 
 
 def checkpoint(sink: FileSink, epoch: int, *, ok: bool = True) -> None:
+    sink.seal(epoch)
     sink.pre_commit(epoch, None)  # type: ignore[arg-type]  # the file sink ignores txn
     if ok:
         sink.commit(epoch)
@@ -221,6 +222,7 @@ def test_staged_files_are_invisible_until_commit(tmp_path: Path) -> None:
     out = tmp_path / "out"
     sink = make_sink(out)
     sink.write(table(ROWS))
+    sink.seal(1)
     sink.pre_commit(1, None)  # type: ignore[arg-type]
     staged = list((out / "_staging").rglob("*.parquet"))
     assert len(staged) == 1 and pq.read_table(staged[0]).num_rows == 3
@@ -242,8 +244,10 @@ def test_recover_rolls_forward_and_back(tmp_path: Path) -> None:
     sink.write(table(ROWS[:1]))
     checkpoint(sink, 1)
     sink.write(table(ROWS[1:2]))
+    sink.seal(2)
     sink.pre_commit(2, None)  # type: ignore[arg-type]  # recorded in the catalog, then a crash
     sink.write(table(ROWS[2:]))
+    sink.seal(3)
     sink.pre_commit(3, None)  # type: ignore[arg-type]  # staged, never recorded
     del sink
 
@@ -265,6 +269,7 @@ def test_recover_after_a_partial_publish(tmp_path: Path) -> None:
     out = tmp_path / "out"
     sink = make_sink(out, "json", max_rows_per_file="1")
     sink.write(table(ROWS))
+    sink.seal(4)
     sink.pre_commit(4, None)  # type: ignore[arg-type]
     staged = sorted((out / "_staging").rglob("*.jsonl"))
     assert [p.name for p in staged] == [part_name(4, n, "jsonl") for n in range(3)]
@@ -279,6 +284,7 @@ def test_recover_with_nothing_committed_and_stray_entries(tmp_path: Path) -> Non
     out = tmp_path / "out"
     sink = make_sink(out, "csv")
     sink.write(table(ROWS))
+    sink.seal(1)
     sink.pre_commit(1, None)  # type: ignore[arg-type]
     (out / "_staging" / "junk.tmp").write_text("x")
     make_sink(out, "csv").recover(None)

@@ -133,6 +133,7 @@ def make_sink(
 def checkpoint(sink: PostgresSink, epoch: int, catalog_dsn: str, *, ok: bool = True) -> None:
     """What the engine does: one catalog transaction, pre_commit, commit, then commit(epoch)."""
     with psycopg.connect(catalog_dsn) as txn:
+        sink.seal(epoch)
         sink.pre_commit(epoch, txn)
         if ok:
             txn.commit()
@@ -220,6 +221,7 @@ def test_rows_written_in_the_checkpoint_transaction(catalog_dsn: str) -> None:
     sink = make_sink(catalog_dsn, schema, table="t")
     sink.write(pa.table({"k": pa.array([1, 2], pa.int64())}))
     with psycopg.connect(catalog_dsn) as txn:
+        sink.seal(1)
         sink.pre_commit(1, txn)
         # written, but only inside the open checkpoint transaction
         assert txn.execute("SELECT count(*) FROM t").fetchone() == (2,)
@@ -359,6 +361,7 @@ def test_two_phase_prepare_then_commit(catalog_dsn: str, target_dsn: str) -> Non
     sink.recover(None)
     sink.write(pa.table({"k": pa.array([1, 2], pa.int64())}))
     with psycopg.connect(catalog_dsn) as txn:
+        sink.seal(7)
         sink.pre_commit(7, txn)
         assert prepared(target_dsn) == ["sqlstream:out:t:7"]
         assert fetch(target_dsn, "SELECT count(*) FROM t") == [(0,)]  # prepared, not visible
@@ -394,12 +397,14 @@ def test_two_phase_recover_commits_decided_and_rolls_back_the_rest(
         make_table([{"k": 1, "v": "a", "x": 1.0}, {"k": 1, "v": "a2", "x": 2.0}], KV, [-1, 1])
     )
     with psycopg.connect(catalog_dsn) as txn:
+        sink.seal(2)
         sink.pre_commit(2, txn)
         txn.commit()
     sink.close()  # the process dies: the prepared transaction outlives it
     del sink
     other.write(make_table([{"k": 9, "v": "other", "x": 0.0}], KV))
     with psycopg.connect(catalog_dsn) as txn:
+        other.seal(5)
         other.pre_commit(5, txn)  # another sink's prepared epoch: never touched by ours
 
     restarted = make_sink(
@@ -412,6 +417,7 @@ def test_two_phase_recover_commits_decided_and_rolls_back_the_rest(
     # epoch 3 prepared, but the crash comes before the catalog commits it
     restarted.write(make_table([{"k": 2, "v": "b", "x": 1.0}], KV, [-1]))
     with psycopg.connect(catalog_dsn) as txn:
+        restarted.seal(3)
         restarted.pre_commit(3, txn)
         txn.rollback()
     restarted.close()

@@ -51,7 +51,7 @@ def test_postgres_gets_deletes_only_for_keys_it_holds(pg_dsn: str) -> None:
 
         def checkpoint(table: StateTable = st) -> tuple[int, int]:
             with conn.transaction(), conn.cursor() as cur:
-                return table.pg_write_delta(cur)
+                return table.pg_write(cur, table.delta())
 
         con.execute(f"INSERT INTO {st.table} VALUES (1, 10), (2, 20), (NULL, 5)")
         st.mark_all_dirty()

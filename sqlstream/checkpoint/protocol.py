@@ -8,23 +8,39 @@ output, and the checkpoint row. Its commit is the decision; only after it do sin
 (``commit``). A crash before the commit leaves the previous checkpoint in force and the
 staged output is rolled back at start-up; a crash after it is rolled forward. Either way
 every sink ends up with each row exactly once.
+
+A checkpoint has two halves so that Postgres works while the engine goes on:
+
+* ``seal`` runs in the engine's thread, between epochs: it takes each state table's delta as
+  Arrow (the only DuckDB work), copies the readers' positions, and has each sink set aside
+  the epoch's output. After it the engine may change any of them again.
+* ``commit`` runs the transaction from what was sealed, on a connection of its own, in the
+  committer's thread, and publishes the sinks once it has committed. It touches no DuckDB
+  table and nothing the engine changes.
+
+The engine starts the next checkpoint only after the previous ``commit`` has returned, and a
+failed ``commit`` makes the engine recover from the last committed checkpoint (the sealed
+state is gone with it), so at most one epoch is in flight and nothing is lost.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from sqlstream.checkpoint.faults import crash_point
 from sqlstream.checkpoint.store import CatalogStore
+from sqlstream.connectors.base import DeadLetter
 from sqlstream.engine.pipeline import SinkRunner
 from sqlstream.engine.reader import Reader
 from sqlstream.state.append_log import AppendLog
-from sqlstream.state.table import StateTable
+from sqlstream.state.table import Delta, StateTable
 
 
 @dataclass
@@ -37,8 +53,31 @@ class CheckpointStats:
     bytes: int
 
 
-def commit_checkpoint(
-    store: CatalogStore,
+@dataclass
+class ReaderPosition:
+    consumer: str
+    source: str
+    offsets: dict[str, Any]
+    watermark_us: int | None
+
+
+@dataclass
+class Sealed:
+    """One checkpoint's contents, taken between epochs (see the module docstring)."""
+
+    epoch: int
+    deltas: list[tuple[StateTable | AppendLog, Delta]]
+    positions: list[ReaderPosition]
+    dead_letters: list[tuple[str, DeadLetter]]
+    sinks: list[tuple[SinkRunner, int]]  # each sink with the rows of this epoch
+    rows_in: int
+    rows_out: int
+    #: more writes for the same transaction (e.g. trimming table logs)
+    in_transaction: Callable[[psycopg.Cursor], None] | None
+    started: float
+
+
+def seal(
     epoch: int,
     *,
     state_tables: list[StateTable | AppendLog],
@@ -47,48 +86,69 @@ def commit_checkpoint(
     rows_in: int,
     rows_out: int,
     in_transaction: Callable[[psycopg.Cursor], None] | None = None,
-) -> CheckpointStats:
+) -> Sealed:
+    """Take a checkpoint's contents (engine thread)."""
     started = time.perf_counter()
-    conn = store.conn
+    deltas = [(t, t.delta()) for t in state_tables]
+    positions = [
+        ReaderPosition(r.consumer, r.source_name, copy.deepcopy(r.offsets), r.watermark_us)
+        for r in readers
+    ]
+    dead_letters = [(r.source_name, d) for r in readers for d in r.dead_letters]
+    for r in readers:
+        r.dead_letters = []
+    sink_rows = []
+    for s in sinks:
+        s.sink.seal(epoch)
+        sink_rows.append((s, s.rows_pending))
+        s.rows_pending = 0
+    return Sealed(
+        epoch, deltas, positions, dead_letters, sink_rows, rows_in, rows_out, in_transaction,
+        started,
+    )
+
+
+def commit(store: CatalogStore, conn: psycopg.Connection, sealed: Sealed) -> CheckpointStats:
+    """Run the checkpoint transaction on ``conn``, then publish the sinks (any thread)."""
+    epoch = sealed.epoch
     state_rows = 0
-    nbytes = 0
     try:
         with conn.transaction(), conn.cursor() as cur:
-            for s in sinks:
-                s.sink.pre_commit(epoch, conn)
-            for st in state_tables:
-                up, down = st.pg_write_delta(cur)
+            for table, delta in sealed.deltas:
+                up, down = table.pg_write(cur, delta)
                 state_rows += up + down
-            for r in readers:
-                store.write_offsets(cur, r.consumer, r.source_name, r.offsets, epoch)
-                if r.watermark_us is not None:
-                    store.write_watermark(cur, r.consumer, r.source_name, r.watermark_us, epoch)
-                if r.dead_letters:
-                    cur.executemany(
-                        'INSERT INTO sqlstream.dead_letters (source, partition, "offset", raw, '
-                        "reason, epoch) VALUES (%s, %s, %s, %s, %s, %s)",
-                        [
-                            (r.source_name, d.partition, Jsonb(d.offset), d.raw, d.reason, epoch)
-                            for d in r.dead_letters
-                        ],
-                    )
-            for s in sinks:
-                if s.rows_pending or not s.committed_once:
+            for s, _ in sealed.sinks:
+                s.sink.pre_commit(epoch, conn)
+            for pos in sealed.positions:
+                store.write_offsets(cur, pos.consumer, pos.source, pos.offsets, epoch)
+                if pos.watermark_us is not None:
+                    store.write_watermark(cur, pos.consumer, pos.source, pos.watermark_us, epoch)
+            if sealed.dead_letters:
+                cur.executemany(
+                    'INSERT INTO sqlstream.dead_letters (source, partition, "offset", raw, '
+                    "reason, epoch) VALUES (%s, %s, %s, %s, %s, %s)",
+                    [
+                        (source, d.partition, Jsonb(d.offset), d.raw, d.reason, epoch)
+                        for source, d in sealed.dead_letters
+                    ],
+                )
+            for s, rows in sealed.sinks:
+                if rows or not s.committed_once:
                     cur.execute(
                         "INSERT INTO sqlstream.sink_commits (sink, epoch, rows) VALUES (%s, %s, %s)",
-                        [s.name, epoch, s.rows_pending],
+                        [s.name, epoch, rows],
                     )
-            if in_transaction is not None:
-                in_transaction(cur)
-            duration = (time.perf_counter() - started) * 1000
+            if sealed.in_transaction is not None:
+                sealed.in_transaction(cur)
+            duration = (time.perf_counter() - sealed.started) * 1000
             cur.execute(
                 "INSERT INTO sqlstream.checkpoints (epoch, duration_ms, rows_in, rows_out, "
                 "state_rows, bytes) VALUES (%s, %s, %s, %s, %s, %s)",
-                [epoch, duration, rows_in, rows_out, state_rows, nbytes],
+                [epoch, duration, sealed.rows_in, sealed.rows_out, state_rows, 0],
             )
             crash_point("pre-commit")
     except BaseException:
-        for s in sinks:
+        for s, _ in sealed.sinks:
             try:
                 s.sink.abort(epoch)
             except Exception:  # noqa: S110 - the original failure is what matters
@@ -96,15 +156,17 @@ def commit_checkpoint(
         raise
     # Decided: publish. A crash from here on is rolled forward by Sink.recover.
     crash_point("post-commit")
-    for s in sinks:
+    for s, rows in sealed.sinks:
         s.sink.commit(epoch)
-        s.rows_total += s.rows_pending
-        s.rows_pending = 0
+        s.rows_total += rows
         s.committed_once = True
-    for r in readers:
-        r.dead_letters.clear()
     return CheckpointStats(
-        epoch, (time.perf_counter() - started) * 1000, rows_in, rows_out, state_rows, nbytes
+        epoch,
+        (time.perf_counter() - sealed.started) * 1000,
+        sealed.rows_in,
+        sealed.rows_out,
+        state_rows,
+        0,
     )
 
 

@@ -140,8 +140,16 @@ class Sink(ABC):
     def write(self, changes: pa.Table) -> None:
         """Take a changelog batch of the current epoch."""
 
+    def seal(self, epoch: int) -> None:
+        """Set aside what was written since the last checkpoint as ``epoch``'s output.
+
+        Called in the engine's thread as a checkpoint begins; what is written after it belongs
+        to the next epoch. ``pre_commit`` and ``commit`` of ``epoch`` then run in the
+        checkpoint committer's thread while the engine goes on (DESIGN §6).
+        """
+
     def pre_commit(self, epoch: int, txn: psycopg.Connection) -> None:
-        """Stage what was written since the last checkpoint under ``epoch``.
+        """Stage ``epoch``'s output (what ``seal`` set aside).
 
         ``txn`` is the open checkpoint transaction on the catalog database; a sink writing
         into that database writes its rows there, so they commit with the checkpoint.

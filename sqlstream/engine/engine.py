@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import duckdb
@@ -22,7 +23,8 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
-from sqlstream.checkpoint.protocol import CheckpointStats, commit_checkpoint, committed_sinks
+from sqlstream.checkpoint import protocol
+from sqlstream.checkpoint.protocol import CheckpointStats, committed_sinks
 from sqlstream.checkpoint.store import CatalogStore, ObjectRow
 from sqlstream.config import Settings
 from sqlstream.connectors.base import ConnectorContext, Format, Source
@@ -129,6 +131,11 @@ class Engine:
         self._rows_in_ckpt = 0
         self._rows_out_ckpt = 0
         self._frozen = False
+        # The checkpoint in flight: its transaction runs on a connection and a thread of its
+        # own while the engine goes on with the next epochs (checkpoint/protocol.py).
+        self._committer: ThreadPoolExecutor | None = None
+        self._commit_conn: psycopg.Connection | None = None
+        self._in_flight: Future[CheckpointStats] | None = None
         self.align_max_lead_us = alignment.MAX_LEAD_US
         self.align_idle_s = alignment.IDLE_S
         # interrupt_query() comes from other threads; it may only ever stop an ad-hoc query.
@@ -224,9 +231,11 @@ class Engine:
         handler: Callable[..., Result] | None = getattr(self, f"_do_{type(stmt).__name__}", None)
         if handler is None:
             raise FeatureNotSupported(f"{type(stmt).__name__} statements are not supported yet")
-        if isinstance(
-            stmt, st.CreateSource | st.CreateTable | st.CreateMaterializedView | st.CreateSink
-        ):
+        creating = st.CreateSource | st.CreateTable | st.CreateMaterializedView | st.CreateSink
+        if isinstance(stmt, creating | st.Drop):
+            # The catalog changes (and state tables come and go) only between checkpoints.
+            self.settle()
+        if isinstance(stmt, creating):
             return self._create(stmt, handler, resets)
         return handler(stmt)
 
@@ -695,6 +704,8 @@ class Engine:
         more than about ``align_max_lead_us`` past where the one that gets least far ends
         this epoch.
         """
+        if self._in_flight is not None and self._in_flight.done():
+            self.settle()  # its stats now, or its failure without waiting for the next one
         total = 0
         now = time.monotonic()
         full = self.settings.batch_rows
@@ -747,7 +758,11 @@ class Engine:
     def checkpoint_due(self) -> bool:
         return time.monotonic() - self.last_checkpoint_at >= self.settings.checkpoint_interval
 
-    def checkpoint(self) -> CheckpointStats:
+    def checkpoint(self, *, wait: bool = True) -> CheckpointStats | None:
+        """Seal a checkpoint and commit it; with ``wait=False`` the commit runs in the
+        committer's thread while the caller goes on (its stats, or its failure, come with the
+        next ``settle``). A checkpoint starts only once the previous one has settled."""
+        self.settle()
         # The interval runs from one checkpoint's start to the next, so a slow commit does
         # not stretch the period (and the latency bound) by its own duration.
         started = time.monotonic()
@@ -755,21 +770,35 @@ class Engine:
         for p in self.pipelines.values():
             p.before_checkpoint()
         rows_out = sum(p.rows_out for p in self.pipelines.values())
-        stats = commit_checkpoint(
-            self.store,
+        sealed = protocol.seal(
             epoch,
             state_tables=[t for p in self.pipelines.values() for t in p.state_tables],
             readers=self.readers(),
             sinks=list(self.sinks.values()),
             rows_in=self.rows_in - self._rows_in_ckpt,
             rows_out=rows_out - self._rows_out_ckpt,
-            in_transaction=self._trim_table_logs,
+            in_transaction=self._table_log_trims(),
         )
         self._rows_in_ckpt = self.rows_in
         self._rows_out_ckpt = rows_out
-        self.last_epoch = epoch
-        self.last_checkpoint = stats
         self.last_checkpoint_at = started
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="sqlstream-checkpoint")
+            self._commit_conn = psycopg.connect(self.catalog_dsn, autocommit=True)
+        self._in_flight = self._committer.submit(
+            protocol.commit, self.store, self._commit_conn, sealed
+        )
+        return self.settle() if wait else None
+
+    def settle(self) -> CheckpointStats | None:
+        """Wait for the checkpoint in flight to commit; raises what made it fail (the engine
+        must then recover from the last committed checkpoint). Returns its stats."""
+        job, self._in_flight = self._in_flight, None
+        if job is None:
+            return None
+        stats = job.result()
+        self.last_epoch = stats.epoch
+        self.last_checkpoint = stats
         return stats
 
     def metrics(self) -> dict[str, object]:
@@ -807,15 +836,34 @@ class Engine:
             ],
         }
 
-    def _trim_table_logs(self, cur: psycopg.Cursor) -> None:
-        """Table log entries every reader has checkpointed past are no longer needed."""
+    def _table_log_trims(self) -> Callable[[psycopg.Cursor], None] | None:
+        """Trimming, in the checkpoint transaction, the table log entries every reader has
+        checkpointed past (positions taken now: the commit runs while readers go on)."""
+        below: dict[Table, int | None] = {}
         for name, table in self.tables.items():
             offsets = [
                 int(r.offsets.get("0", 0)) for r in self.readers() if r.source_name == name
             ]
-            table.trim_log(cur, min(offsets) if offsets else None)
+            below[table] = min(offsets) if offsets else None
+        if not below:
+            return None
+
+        def trim(cur: psycopg.Cursor) -> None:
+            for table, seq in below.items():
+                table.trim_log(cur, seq)
+
+        return trim
 
     def close(self) -> None:
+        if self._in_flight is not None:
+            try:
+                self.settle()
+            except Exception as e:  # noqa: BLE001 - the last committed checkpoint stays valid
+                log.warning("the last checkpoint did not commit: %s", e)
+        if self._committer is not None:
+            self._committer.shutdown()
+        if self._commit_conn is not None:
+            self._commit_conn.close()
         for p in self.pipelines.values():
             for r in p.readers:
                 r.source.close()

@@ -65,7 +65,7 @@ def run_engine(engine: Engine, opts: JobOptions) -> None:
     while not opts.stop.is_set():
         rows = engine.run_epoch()
         if engine.checkpoint_due():
-            engine.checkpoint()
+            engine.checkpoint(wait=False)
         if opts.progress and time.monotonic() - last_progress > 0.5:
             last_progress = time.monotonic()
             sys.stderr.write("\r\x1b[K" + _progress_line(engine, started, rows_at_start))

@@ -175,7 +175,7 @@ class EngineHost:
             started = time.monotonic()
             rows = engine.run_epoch()
             if engine.checkpoint_due():
-                engine.checkpoint()
+                engine.checkpoint(wait=False)
             took = time.monotonic() - started
             self.stats.epochs += 1
             self.stats.epoch_seconds_total += took

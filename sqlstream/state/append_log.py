@@ -24,7 +24,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from sqlstream.formats.pgcopy import copy_in, copy_out
-from sqlstream.state.table import PG_SCHEMA, ROW_ID, qi
+from sqlstream.state.table import PG_SCHEMA, ROW_ID, Delta, qi
 from sqlstream.types import from_duckdb
 
 
@@ -94,8 +94,29 @@ class AppendLog:
         )
         cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self.pg_table, cols))
 
-    def pg_write_delta(self, cur: psycopg.Cursor) -> tuple[int, int]:
-        gone = self.con.sql(f"SELECT * FROM {self.gone}").to_arrow_table()
+    def delta(self) -> Delta:
+        """The rows added since the last checkpoint (with their vnode) and the ids of the
+        checkpointed rows deleted since; from now on they count as checkpointed."""
+        gone = pa.table({})
+        if self.checkpointed:
+            gone = self.con.sql(f"SELECT * FROM {self.gone}").to_arrow_table()
+            if gone.num_rows:
+                self.con.execute(f"DELETE FROM {self.gone}")
+        rows = pa.table({})
+        if self.next_row > self.checkpointed:
+            rows = self.con.sql(
+                # The row id is the key; ids are dense, so the id itself spreads rows evenly
+                # over the 256 key groups (and costs nothing, unlike hashing every row).
+                f"SELECT ({qi(ROW_ID)} % 256)::SMALLINT AS vnode, * "
+                f"FROM {self.table} WHERE {qi(ROW_ID)} >= {self.checkpointed}"
+            ).to_arrow_table()
+            self.checkpointed = self.next_row
+        return Delta(rows, gone)
+
+    def pg_write(self, cur: psycopg.Cursor, delta: Delta) -> tuple[int, int]:
+        """Write a ``delta()`` inside the checkpoint transaction (no DuckDB: it runs in the
+        committer's thread). Returns (rows written, rows deleted)."""
+        rows, gone = delta
         if gone.num_rows:
             tmp = sql.Identifier(f"_gone_{self.operator_id}")
             cur.execute(sql.SQL("CREATE TEMP TABLE {} (__row bigint) ON COMMIT DROP").format(tmp))
@@ -105,17 +126,8 @@ class AppendLog:
                     self.pg_table, tmp
                 )
             )
-            self.con.execute(f"DELETE FROM {self.gone}")
-        if self.next_row == self.checkpointed:
-            return 0, gone.num_rows
-        rows = self.con.sql(
-            # The row id is the key; ids are dense, so the id itself spreads rows evenly
-            # over the 256 key groups (and costs nothing, unlike hashing every row).
-            f"SELECT ({qi(ROW_ID)} % 256)::SMALLINT AS vnode, * "
-            f"FROM {self.table} WHERE {qi(ROW_ID)} >= {self.checkpointed}"
-        ).to_arrow_table()
-        copy_in(cur, self.pg_table, rows, [t for _, t in self.pg_columns()])
-        self.checkpointed = self.next_row
+        if rows.num_rows:
+            copy_in(cur, self.pg_table, rows, [t for _, t in self.pg_columns()])
         return rows.num_rows, gone.num_rows
 
     def pg_load(self, conn: psycopg.Connection) -> int:

@@ -67,10 +67,11 @@ def not_distinct(left: str, right: str, cols: list[str]) -> str:
 
 
 class Delta(NamedTuple):
-    """A state table's changes since the last checkpoint, as Postgres applies them."""
+    """What a checkpoint writes for one state table (or append log): rows to append, with
+    their vnode and a fresh row id, and the ids of the rows to delete."""
 
-    rows: pa.Table  # current rows of the changed keys: vnode, a fresh row id, the columns
-    dropped: pa.Table  # ids of the rows Postgres holds for the changed keys (and gone ones)
+    rows: pa.Table  # the current rows of the changed keys (an append log: the new rows)
+    dropped: pa.Table  # the rows Postgres holds for changed and gone keys (their __row)
 
 
 class StateTable:
@@ -154,6 +155,8 @@ class StateTable:
         written rows as being in Postgres (a failed checkpoint is recovered from the previous
         one, which discards this state altogether)."""
         keys, con, kept = self.key_names, self.con, self.persisted
+        if not con.sql(f"SELECT count(*) FROM {self.dirty}").fetchall()[0][0]:
+            return Delta(pa.table({}), pa.table({}))
         if keys:
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE __dirty AS SELECT DISTINCT {self._key_select()} "
@@ -212,14 +215,12 @@ class StateTable:
             )
         )
 
-    def pg_write_delta(self, cur: psycopg.Cursor) -> tuple[int, int]:
-        """Write the changes since the last checkpoint inside the checkpoint transaction:
-        delete the rows of every changed or gone key, append the changed keys' rows. (A
-        delete and an insert cost Postgres less than half of an ``UPDATE`` of the same rows.)
-        Returns (rows written, rows deleted)."""
-        if not self.con.sql(f"SELECT count(*) FROM {self.dirty}").fetchall()[0][0]:
-            return 0, 0
-        rows, dropped = self.delta()
+    def pg_write(self, cur: psycopg.Cursor, delta: Delta) -> tuple[int, int]:
+        """Write a ``delta()`` inside the checkpoint transaction: delete the rows of every
+        changed or gone key, append the changed keys' rows. (A delete and an insert cost
+        Postgres less than half of an ``UPDATE`` of the same rows.) Touches no DuckDB table,
+        so it runs in the committer's thread. Returns (rows written, rows deleted)."""
+        rows, dropped = delta
         if dropped.num_rows:
             tmp = sql.Identifier(f"_drop_{self.operator_id}")
             cur.execute(

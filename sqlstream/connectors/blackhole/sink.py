@@ -14,7 +14,6 @@ retractions, and since it delivers nothing its counts of committed rows are exac
 
 from __future__ import annotations
 
-import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -48,7 +47,7 @@ class BlackholeSink(Sink):
         self.inserts += n - retracted
         self._uncommitted += n
 
-    def pre_commit(self, epoch: int, txn: psycopg.Connection) -> None:
+    def seal(self, epoch: int) -> None:
         self._pending[epoch] = self._uncommitted
         self._uncommitted = 0
 

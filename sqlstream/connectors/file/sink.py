@@ -145,11 +145,12 @@ class FileSink(Sink):
         if rows.num_rows:
             self._buffer.append(rows)
 
+    def seal(self, epoch: int) -> None:
+        self._pending[epoch], self._buffer = self._buffer, []
+
     def pre_commit(self, epoch: int, txn: psycopg.Connection) -> None:
         """Stage the epoch's rows as complete, fsync'd files under ``_staging/<epoch>``."""
-        tables = self._buffer
-        self._buffer = []
-        self._pending[epoch] = tables
+        tables = self._pending.get(epoch, [])
         for stale, action in sorted(self._unfinished.items()):
             self._finish(stale, action)
         epoch_dir = self._epoch_dir(epoch)

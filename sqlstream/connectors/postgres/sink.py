@@ -266,10 +266,11 @@ class PostgresSink(Sink):
         if changes.num_rows:
             self._buffer.append(normalize_changes(changes, self.schema, weighted=self.upsert))
 
+    def seal(self, epoch: int) -> None:
+        self._pending[epoch], self._buffer = self._buffer, []
+
     def pre_commit(self, epoch: int, txn: psycopg.Connection) -> None:
-        tables = self._buffer
-        self._buffer = []
-        self._pending[epoch] = tables
+        tables = self._pending.get(epoch, [])
         if self.dsn is not None:
             self._finish_unfinished()
         if not tables:

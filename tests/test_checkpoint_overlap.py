@@ -1,0 +1,83 @@
+"""A checkpoint's transaction runs while the engine goes on (checkpoint/protocol.py): what the
+engine does after sealing belongs to the next checkpoint, and nothing is lost or doubled."""
+
+from __future__ import annotations
+
+import psycopg
+
+from sqlstream.config import Settings
+from sqlstream.engine.engine import Engine
+
+JOB = """CREATE SOURCE gen (v BIGINT) WITH (connector = 'datagen', datagen.rows.per.second = '0',
+  datagen.rows.total = '3000', fields.v.kind = 'sequence', fields.v.start = '1');
+CREATE MATERIALIZED VIEW per_k AS SELECT v % 10 AS k, count(*) AS n FROM gen GROUP BY v % 10;
+CREATE SINK out FROM gen WITH (connector = 'postgres', table = 'overlap_out');"""
+
+
+def test_engine_runs_epochs_while_a_checkpoint_commits(catalog_dsn, tmp_data_dir) -> None:
+    e = Engine(Settings(data_dir=tmp_data_dir, checkpoint_interval=3600, batch_rows=1000), catalog_dsn)
+    try:
+        e.execute_script(JOB)
+        assert e.run_epoch() == 2000  # 1000 rows for each of two readers
+        with psycopg.connect(catalog_dsn) as blocker:
+            (view,) = blocker.execute(
+                "SELECT state_table FROM sqlstream.operator_state "
+                "WHERE object = 'per_k' AND kind = 'materialize'"
+            ).fetchone()
+            # Hold the commit at its first write (the state comes before the sinks' output).
+            blocker.execute(f"LOCK TABLE {view} IN ACCESS EXCLUSIVE MODE")
+            assert e.checkpoint(wait=False) is None
+            first = e.last_epoch + 1
+            assert e.run_epoch() == 2000  # 1000 rows for each of two readers  # the engine goes on meanwhile
+            assert e.run_epoch() == 2000  # 1000 rows for each of two readers
+            assert e._in_flight is not None and not e._in_flight.done()
+            blocker.rollback()
+        stats = e.settle()
+        assert stats is not None and stats.epoch == first and stats.rows_in == 2000
+        with psycopg.connect(catalog_dsn) as conn:
+            # Only what was sealed: 1000 rows in the sink, and counts of 1000 in the state.
+            assert conn.execute("SELECT count(*) FROM overlap_out").fetchone()[0] == 1000
+            assert conn.execute(
+                "SELECT rows FROM sqlstream.sink_commits WHERE sink = 'out' AND epoch = %s",
+                [first],
+            ).fetchone()[0] == 1000
+            assert conn.execute(f"SELECT sum(n) FROM {view}").fetchone()[0] == 1000
+        e.checkpoint()
+        assert e.last_epoch == first + 1
+        with psycopg.connect(catalog_dsn) as conn:
+            assert conn.execute(
+                "SELECT count(*), count(DISTINCT v), min(v), max(v) FROM overlap_out"
+            ).fetchone() == (3000, 3000, 1, 3000)
+            assert conn.execute(
+                "SELECT max(epoch) FROM sqlstream.source_offsets WHERE object = 'out'"
+            ).fetchone()[0] == first + 1
+        assert sorted(e.query("SELECT k, n FROM per_k").to_pylist(), key=lambda r: r["k"]) == [
+            {"k": k, "n": 300} for k in range(10)
+        ]
+    finally:
+        e.close()
+
+
+def test_a_failed_commit_surfaces_at_the_next_settle(catalog_dsn, tmp_data_dir) -> None:
+    e = Engine(Settings(data_dir=tmp_data_dir, checkpoint_interval=3600, batch_rows=1000), catalog_dsn)
+    try:
+        e.execute_script(JOB)
+        e.run_epoch()
+        e.checkpoint()
+        committed = e.last_epoch
+        e.run_epoch()
+        with psycopg.connect(catalog_dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE overlap_out ADD CONSTRAINT small CHECK (v <= 1500)")
+        e.checkpoint(wait=False)
+        try:
+            e.settle()
+        except psycopg.errors.CheckViolation:
+            pass
+        else:
+            raise AssertionError("the failed commit was not reported")
+        assert e.last_epoch == committed
+        with psycopg.connect(catalog_dsn) as conn:
+            assert conn.execute("SELECT max(epoch) FROM sqlstream.checkpoints").fetchone()[0] == committed
+            assert conn.execute("SELECT count(*) FROM overlap_out").fetchone()[0] == 1000
+    finally:
+        e.close()
