@@ -19,7 +19,7 @@ killed in turn once it has produced output and one more checkpoint).
 
 The restarted process is the same CLI entry point (``sqlstream.cli.main``) started through a
 small ``python -c`` wrapper that wraps a few methods (``Engine.__init__``,
-``StateTable.pg_load``, ``Engine.run_epoch``, ``Engine.checkpoint``) to log wall-clock
+``StateTable.pg_load``, ``Engine.run_epoch``, ``Engine.settle``) to log wall-clock
 times, which gives the split: interpreter and imports, catalog connection and graph rebuild,
 state load, then running until the first epoch with rows and the first checkpoint with
 output.
@@ -63,7 +63,7 @@ from sqlstream.cli import main
 from sqlstream.engine.engine import Engine
 from sqlstream.state.table import StateTable
 mark("imported")
-_init, _load, _epoch, _ckpt = Engine.__init__, StateTable.pg_load, Engine.run_epoch, Engine.checkpoint
+_init, _load, _epoch, _settle = Engine.__init__, StateTable.pg_load, Engine.run_epoch, Engine.settle
 _seen = set()
 def init(self, *a, **kw):
     mark("engine_init")
@@ -83,8 +83,10 @@ def epoch(self):
         _seen.add("rows")
         mark("first_rows", rows=rows)
     return rows
-def checkpoint(self):
-    stats = _ckpt(self)
+def settle(self):  # a checkpoint's commit has returned (it runs beside the engine)
+    stats = _settle(self)
+    if stats is None:
+        return stats
     if "ckpt" not in _seen:
         _seen.add("ckpt")
         mark("first_checkpoint", rows_out=stats.rows_out, ms=stats.duration_ms)
@@ -92,7 +94,7 @@ def checkpoint(self):
         _seen.add("out")
         mark("first_output", rows_out=stats.rows_out, ms=stats.duration_ms)
     return stats
-Engine.__init__, StateTable.pg_load, Engine.run_epoch, Engine.checkpoint = init, load, epoch, checkpoint
+Engine.__init__, StateTable.pg_load, Engine.run_epoch, Engine.settle = init, load, epoch, settle
 sys.argv = ["sqlstream", *sys.argv[2:]]
 main()
 """

@@ -7,6 +7,7 @@ import hashlib
 import duckdb
 import psycopg
 
+from sqlstream.state.append_log import AppendLog
 from sqlstream.state.table import StateTable
 
 
@@ -77,3 +78,47 @@ def test_postgres_gets_deletes_only_for_keys_it_holds(pg_dsn: str) -> None:
         con.execute(f"INSERT INTO {fresh.dirty} VALUES (NULL)")
         assert checkpoint(fresh) == (0, 1)
         assert _mirror(conn, fresh) == [(1, 11, 3)]
+
+
+def _seq_scans(cur, table: str) -> int:
+    return cur.execute(
+        "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relid = %s::regclass", [table]
+    ).fetchone()[0]
+
+
+def test_checkpoint_deletes_probe_by_row_id_not_scan_the_state(pg_dsn: str) -> None:
+    """Deleting a few changed keys' rows must not read the whole state table (its cost
+    follows the change), for keyed state and for append logs alike."""
+    con = duckdb.connect()
+    st = StateTable(con, "op_probe", [("k", "BIGINT")], [("n", "BIGINT")])
+    st.create()
+    log = AppendLog(con, "op_probe_log", [("k", "BIGINT")])
+    log.create()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS sqlstream_state")
+        for t in (st, log):
+            conn.execute(f"DROP TABLE IF EXISTS sqlstream_state.{t.operator_id}")
+            with conn.cursor() as cur:
+                t.pg_create(cur)
+        con.execute(f"INSERT INTO {st.table} SELECT i, 0 FROM range(50000) t(i)")
+        st.mark_all_dirty()
+        log.append(con.sql("SELECT i AS k FROM range(50000) t(i)").to_arrow_table())
+        with conn.transaction(), conn.cursor() as cur:
+            st.pg_write(cur, st.delta())
+            log.pg_write(cur, log.delta())
+        conn.execute("ANALYZE sqlstream_state.op_probe")
+        conn.execute("ANALYZE sqlstream_state.op_probe_log")
+        con.execute(f"UPDATE {st.table} SET n = 1 WHERE k % 50 = 0")
+        con.execute(f"INSERT INTO {st.dirty} SELECT i FROM range(0, 50000, 50) t(i)")
+        log.delete_where("s.k % 50 = 0")
+        with conn.transaction(), conn.cursor() as cur:
+            names = [f"sqlstream_state.{t.operator_id}" for t in (st, log)]
+            before = [_seq_scans(cur, n) for n in names]
+            assert st.pg_write(cur, st.delta()) == (1000, 1000)
+            assert log.pg_write(cur, log.delta()) == (0, 1000)
+            assert [_seq_scans(cur, n) for n in names] == before
+        assert conn.execute("SELECT count(*), sum(n) FROM sqlstream_state.op_probe").fetchone() == (
+            50000,
+            1000,
+        )
+        assert conn.execute("SELECT count(*) FROM sqlstream_state.op_probe_log").fetchone()[0] == 49000

@@ -24,7 +24,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from sqlstream.formats.pgcopy import copy_in, copy_out
-from sqlstream.state.table import PG_SCHEMA, ROW_ID, Delta, qi
+from sqlstream.state.table import PG_SCHEMA, ROW_ID, Delta, delete_by_row_id, qi
 from sqlstream.types import from_duckdb
 
 
@@ -93,13 +93,19 @@ class AppendLog:
             sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in self.pg_columns()
         )
         cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self.pg_table, cols))
+        # Deletes find rows by id (the ids only grow, so inserts land at the index's edge).
+        cur.execute(
+            sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                sql.Identifier(f"{self.operator_id}_row"), self.pg_table, sql.Identifier(ROW_ID)
+            )
+        )
 
     def delta(self) -> Delta:
         """The rows added since the last checkpoint (with their vnode) and the ids of the
         checkpointed rows deleted since; from now on they count as checkpointed."""
         gone = pa.table({})
         if self.checkpointed:
-            gone = self.con.sql(f"SELECT * FROM {self.gone}").to_arrow_table()
+            gone = self.con.sql(f"SELECT * FROM {self.gone} ORDER BY 1").to_arrow_table()
             if gone.num_rows:
                 self.con.execute(f"DELETE FROM {self.gone}")
         rows = pa.table({})
@@ -121,11 +127,7 @@ class AppendLog:
             tmp = sql.Identifier(f"_gone_{self.operator_id}")
             cur.execute(sql.SQL("CREATE TEMP TABLE {} (__row bigint) ON COMMIT DROP").format(tmp))
             copy_in(cur, tmp, gone, ["bigint"])
-            cur.execute(
-                sql.SQL("DELETE FROM {} t USING {} g WHERE t.__row = g.__row").format(
-                    self.pg_table, tmp
-                )
-            )
+            delete_by_row_id(cur, self.pg_table, tmp)
         if rows.num_rows:
             copy_in(cur, self.pg_table, rows, [t for _, t in self.pg_columns()])
         return rows.num_rows, gone.num_rows

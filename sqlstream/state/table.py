@@ -164,7 +164,7 @@ class StateTable:
             )
             dropped = con.sql(
                 f"SELECT g.{qi(ROW_ID)} FROM {kept} g SEMI JOIN __dirty d "
-                f"ON {not_distinct('g', 'd', keys)}"
+                f"ON {not_distinct('g', 'd', keys)} ORDER BY 1"  # probed in index order
             ).to_arrow_table()
             rows = con.sql(
                 f"SELECT {self._vnode('s')} AS vnode, s.* FROM {self.table} s "
@@ -229,11 +229,7 @@ class StateTable:
                 )
             )
             copy_in(cur, tmp, dropped, ["bigint"])
-            cur.execute(
-                sql.SQL("DELETE FROM {} t USING {} d WHERE t.{} = d.{}").format(
-                    self.pg_table, tmp, sql.Identifier(ROW_ID), sql.Identifier(ROW_ID)
-                )
-            )
+            delete_by_row_id(cur, self.pg_table, tmp)
         if rows.num_rows:
             copy_in(cur, self.pg_table, rows, [t for _, t in self.pg_columns()])
         return rows.num_rows, dropped.num_rows
@@ -259,6 +255,22 @@ class StateTable:
                 self.con.unregister("__load")
             self.next_row = pc.max(rows.column(ROW_ID)).as_py() + 1
         return rows.num_rows
+
+
+def delete_by_row_id(cur: psycopg.Cursor, table: sql.Identifier, ids: sql.Identifier) -> None:
+    """Delete the rows of ``table`` whose ``__row`` is in the table ``ids``, one index probe
+    each. Left to itself, Postgres hashes the whole state table for a few percent of its rows
+    (O(state) per checkpoint: 0.6 s for 200 k of 1 M rows); probing in id order costs what
+    changed (0.47 s there, and less the smaller the change)."""
+    cur.execute("SET LOCAL enable_hashjoin = off")
+    cur.execute("SET LOCAL enable_mergejoin = off")
+    cur.execute(
+        sql.SQL("DELETE FROM {} t USING {} d WHERE t.{} = d.{}").format(
+            table, ids, sql.Identifier(ROW_ID), sql.Identifier(ROW_ID)
+        )
+    )
+    cur.execute("RESET enable_hashjoin")
+    cur.execute("RESET enable_mergejoin")
 
 
 def _pg_type(duck_type: str) -> str:
