@@ -81,3 +81,21 @@ def test_a_failed_commit_surfaces_at_the_next_settle(catalog_dsn, tmp_data_dir) 
             assert conn.execute("SELECT count(*) FROM overlap_out").fetchone()[0] == 1000
     finally:
         e.close()
+
+
+def test_first_checkpoint_comes_with_the_first_rows(catalog_dsn, tmp_data_dir) -> None:
+    """The first checkpoint of a process is due once it has read rows (output shows at once
+    after a start or restart); after it, the interval rules."""
+    e = Engine(Settings(data_dir=tmp_data_dir, checkpoint_interval=3600, batch_rows=1000), catalog_dsn)
+    try:
+        e.execute_script(JOB)
+        assert not e.checkpoint_due()
+        e.run_epoch()
+        assert e.checkpoint_due()
+        e.checkpoint(wait=False)
+        assert not e.checkpoint_due()  # in flight
+        e.settle()
+        e.run_epoch()
+        assert not e.checkpoint_due()
+    finally:
+        e.close()

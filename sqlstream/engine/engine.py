@@ -146,6 +146,7 @@ class Engine:
         except BaseException:
             self.close()  # releases the catalog lock for whoever tries next
             raise
+        self.last_checkpoint_at = time.monotonic()  # intervals count from when it can run
 
     # -- recovery -------------------------------------------------------------------------
 
@@ -756,6 +757,10 @@ class Engine:
         return all(r.source.finished() for r in self.readers())
 
     def checkpoint_due(self) -> bool:
+        if self.last_checkpoint is None and self._in_flight is None and self.rows_in:
+            # A process's first checkpoint comes with the first rows it reads, so that after
+            # a (re)start output shows at once rather than an interval (and a state load) later.
+            return True
         return time.monotonic() - self.last_checkpoint_at >= self.settings.checkpoint_interval
 
     def checkpoint(self, *, wait: bool = True) -> CheckpointStats | None:
