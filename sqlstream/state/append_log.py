@@ -93,12 +93,6 @@ class AppendLog:
             sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in self.pg_columns()
         )
         cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self.pg_table, cols))
-        # Deletes find rows by id (the ids only grow, so inserts land at the index's edge).
-        cur.execute(
-            sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
-                sql.Identifier(f"{self.operator_id}_row"), self.pg_table, sql.Identifier(ROW_ID)
-            )
-        )
 
     def delta(self) -> Delta:
         """The rows added since the last checkpoint (with their vnode) and the ids of the
@@ -124,6 +118,14 @@ class AppendLog:
         committer's thread). Returns (rows written, rows deleted)."""
         rows, gone = delta
         if gone.num_rows:
+            # Deletes find rows by id. The index comes with the first delete: a log that only
+            # grows (a join side with no time bound) never pays for one, and as ids only grow,
+            # inserts land at the index's edge once it is there.
+            cur.execute(
+                sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                    sql.Identifier(f"{self.operator_id}_row"), self.pg_table, sql.Identifier(ROW_ID)
+                )
+            )
             tmp = sql.Identifier(f"_gone_{self.operator_id}")
             cur.execute(sql.SQL("CREATE TEMP TABLE {} (__row bigint) ON COMMIT DROP").format(tmp))
             copy_in(cur, tmp, gone, ["bigint"])
