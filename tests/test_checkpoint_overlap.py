@@ -3,6 +3,8 @@ engine does after sealing belongs to the next checkpoint, and nothing is lost or
 
 from __future__ import annotations
 
+import math
+
 import psycopg
 
 from sqlstream.config import Settings
@@ -97,5 +99,18 @@ def test_first_checkpoint_comes_with_the_first_rows(catalog_dsn, tmp_data_dir) -
         e.settle()
         e.run_epoch()
         assert not e.checkpoint_due()
+    finally:
+        e.close()
+
+
+def test_an_infinite_interval_checkpoints_only_when_asked(catalog_dsn, tmp_data_dir) -> None:
+    e = Engine(
+        Settings(data_dir=tmp_data_dir, checkpoint_interval=math.inf, batch_rows=1000), catalog_dsn
+    )
+    try:
+        e.execute_script(JOB)
+        e.run_epoch()
+        assert not e.checkpoint_due()
+        assert e.checkpoint() is not None  # asked: FLUSH, stop, the end of a bounded run
     finally:
         e.close()

@@ -23,6 +23,7 @@ non-zero on a difference.
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import re
 import resource
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             s, rss = first
             second = run_stream_isolated(
-                q, args.events, dsn, tmp / "data", 3600.0, args.timeout, args.into
+                q, args.events, dsn, tmp / "data", math.inf, args.timeout, args.into
             )
             n = second[0] if second else float("nan")
             print(

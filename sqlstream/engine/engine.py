@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -757,11 +758,16 @@ class Engine:
         return all(r.source.finished() for r in self.readers())
 
     def checkpoint_due(self) -> bool:
+        """Whether the loop should checkpoint now. An infinite interval means only when asked
+        (FLUSH, stop, the end of a bounded run): the benchmarks' "no checkpoints" runs."""
+        interval = self.settings.checkpoint_interval
+        if math.isinf(interval):
+            return False
         if self.last_checkpoint is None and self._in_flight is None and self.rows_in:
             # A process's first checkpoint comes with the first rows it reads, so that after
             # a (re)start output shows at once rather than an interval (and a state load) later.
             return True
-        return time.monotonic() - self.last_checkpoint_at >= self.settings.checkpoint_interval
+        return time.monotonic() - self.last_checkpoint_at >= interval
 
     def checkpoint(self, *, wait: bool = True) -> CheckpointStats | None:
         """Seal a checkpoint and commit it; with ``wait=False`` the commit runs in the
