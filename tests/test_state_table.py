@@ -125,3 +125,27 @@ def test_checkpoint_deletes_probe_by_row_id_not_scan_the_state(pg_dsn: str) -> N
             1000,
         )
         assert conn.execute("SELECT count(*) FROM sqlstream_state.op_probe_log").fetchone()[0] == 48999
+
+
+def test_a_log_that_drops_most_of_what_it_holds_needs_no_index(pg_dsn: str) -> None:
+    """A short time bound drops about as much as it keeps: one hash join deletes it, and the
+    log never pays for index entries; the rows left are the right ones."""
+    con = duckdb.connect()
+    log = AppendLog(con, "op_churn_log", [("k", "BIGINT")])
+    log.create()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS sqlstream_state")
+        conn.execute(f"DROP TABLE IF EXISTS sqlstream_state.{log.operator_id}")
+        with conn.cursor() as cur:
+            log.pg_create(cur)
+        for start in range(0, 4000, 1000):  # each checkpoint: 1000 new rows, older ones go
+            log.delete_where(f"s.k < {start}")
+            log.append(con.sql(f"SELECT i AS k FROM range({start}, {start + 1000}) t(i)").to_arrow_table())
+            with conn.transaction(), conn.cursor() as cur:
+                log.pg_write(cur, log.delta())
+        assert conn.execute(
+            f"SELECT min(k), max(k), count(*) FROM sqlstream_state.{log.operator_id}"
+        ).fetchone() == (3000, 3999, 1000)
+        assert not conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = %s", [log.operator_id]
+        ).fetchall()

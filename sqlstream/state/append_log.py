@@ -24,7 +24,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from sqlstream.formats.pgcopy import copy_in, copy_out
-from sqlstream.state.table import PG_SCHEMA, ROW_ID, Delta, delete_by_row_id, qi
+from sqlstream.state.table import PG_SCHEMA, PROBE_FRACTION, ROW_ID, Delta, delete_by_row_id, qi
 from sqlstream.types import from_duckdb
 
 
@@ -41,6 +41,8 @@ class AppendLog:
         self.checkpointed = 0
         #: rows in the table now (kept here: empty logs then cost no statements)
         self.live = 0
+        #: rows in the Postgres mirror (as of the last checkpoint)
+        self.pg_rows = 0
         self.gone = qi(f"gone_{operator_id}")
 
     @property
@@ -51,7 +53,7 @@ class AppendLog:
         cols = ", ".join(f"{qi(n)} {t}" for n, t in [(ROW_ID, "BIGINT"), *self.columns])
         self.con.execute(f"CREATE OR REPLACE TABLE {self.table} ({cols})")
         self.con.execute(f"CREATE OR REPLACE TABLE {self.gone} ({qi(ROW_ID)} BIGINT)")
-        self.next_row = self.checkpointed = self.live = 0
+        self.next_row = self.checkpointed = self.live = self.pg_rows = 0
 
     def append(self, rows: pa.Table) -> None:
         ids = pa.array(np.arange(self.next_row, self.next_row + rows.num_rows, dtype=np.int64))
@@ -111,25 +113,31 @@ class AppendLog:
                 f"FROM {self.table} WHERE {qi(ROW_ID)} >= {self.checkpointed}"
             ).to_arrow_table()
             self.checkpointed = self.next_row
-        return Delta(rows, gone)
+        held, self.pg_rows = self.pg_rows, self.pg_rows + rows.num_rows - gone.num_rows
+        return Delta(rows, gone, held)
 
     def pg_write(self, cur: psycopg.Cursor, delta: Delta) -> tuple[int, int]:
         """Write a ``delta()`` inside the checkpoint transaction (no DuckDB: it runs in the
         committer's thread). Returns (rows written, rows deleted)."""
-        rows, gone = delta
+        rows, gone, held = delta
         if gone.num_rows:
-            # Deletes find rows by id. The index comes with the first delete: a log that only
-            # grows (a join side with no time bound) never pays for one, and as ids only grow,
-            # inserts land at the index's edge once it is there.
-            cur.execute(
-                sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
-                    sql.Identifier(f"{self.operator_id}_row"), self.pg_table, sql.Identifier(ROW_ID)
+            probe = gone.num_rows < PROBE_FRACTION * held
+            if probe:
+                # A log that keeps much more than it drops (a long time bound) needs an index
+                # to delete by id; it is built then, so a log that only grows (a join side with
+                # no time bound) or drops as much as it keeps (a short one) never pays for
+                # index entries. Ids only grow, so inserts land at the index's edge.
+                cur.execute(
+                    sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                        sql.Identifier(f"{self.operator_id}_row"),
+                        self.pg_table,
+                        sql.Identifier(ROW_ID),
+                    )
                 )
-            )
             tmp = sql.Identifier(f"_gone_{self.operator_id}")
             cur.execute(sql.SQL("CREATE TEMP TABLE {} (__row bigint) ON COMMIT DROP").format(tmp))
             copy_in(cur, tmp, gone, ["bigint"])
-            delete_by_row_id(cur, self.pg_table, tmp)
+            delete_by_row_id(cur, self.pg_table, tmp, probe=probe)
         if rows.num_rows:
             copy_in(cur, self.pg_table, rows, [t for _, t in self.pg_columns()])
         return rows.num_rows, gone.num_rows
@@ -145,5 +153,5 @@ class AppendLog:
             self.con.unregister("__load")
             top = self.con.sql(f"SELECT max({qi(ROW_ID)}) FROM {self.table}").fetchall()[0][0]
             self.next_row = self.checkpointed = top + 1
-            self.live = rows.num_rows
+            self.live = self.pg_rows = rows.num_rows
         return rows.num_rows

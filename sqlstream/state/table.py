@@ -72,6 +72,12 @@ class Delta(NamedTuple):
 
     rows: pa.Table  # the current rows of the changed keys (an append log: the new rows)
     dropped: pa.Table  # the rows Postgres holds for changed and gone keys (their __row)
+    held: int = 0  # the rows Postgres holds before this delta
+
+
+#: Deleting less than this part of what Postgres holds probes the row-id index row by row;
+#: more is one hash join over the table, which then costs less than the probes.
+PROBE_FRACTION = 1 / 8
 
 
 class StateTable:
@@ -94,6 +100,8 @@ class StateTable:
         self.persisted = qi(f"pg_{operator_id}")
         #: the row id the next row written to Postgres gets
         self.next_row = 0
+        #: rows in the Postgres mirror (as of the last checkpoint)
+        self.pg_rows = 0
 
     @property
     def key_names(self) -> list[str]:
@@ -118,7 +126,7 @@ class StateTable:
             f"CREATE OR REPLACE TABLE {self.persisted} "
             f"({', '.join([*key_cols, f'{qi(ROW_ID)} BIGINT'])})"
         )
-        self.next_row = 0
+        self.next_row = self.pg_rows = 0
 
     def mark_all_dirty(self) -> None:
         """Mark every current row changed (after a reset the whole state must be written)."""
@@ -191,7 +199,8 @@ class StateTable:
                 con.execute(f"INSERT INTO {kept} SELECT * FROM __written")
             finally:
                 con.unregister("__written")
-        return Delta(rows, dropped)
+        held, self.pg_rows = self.pg_rows, self.pg_rows + rows.num_rows - dropped.num_rows
+        return Delta(rows, dropped, held)
 
     # -- Postgres mirror ------------------------------------------------------------------
 
@@ -220,7 +229,7 @@ class StateTable:
         changed or gone key, append the changed keys' rows. (A delete and an insert cost
         Postgres less than half of an ``UPDATE`` of the same rows.) Touches no DuckDB table,
         so it runs in the committer's thread. Returns (rows written, rows deleted)."""
-        rows, dropped = delta
+        rows, dropped, held = delta
         if dropped.num_rows:
             tmp = sql.Identifier(f"_drop_{self.operator_id}")
             cur.execute(
@@ -229,7 +238,7 @@ class StateTable:
                 )
             )
             copy_in(cur, tmp, dropped, ["bigint"])
-            delete_by_row_id(cur, self.pg_table, tmp)
+            delete_by_row_id(cur, self.pg_table, tmp, probe=dropped.num_rows < PROBE_FRACTION * held)
         if rows.num_rows:
             copy_in(cur, self.pg_table, rows, [t for _, t in self.pg_columns()])
         return rows.num_rows, dropped.num_rows
@@ -254,23 +263,28 @@ class StateTable:
             finally:
                 self.con.unregister("__load")
             self.next_row = pc.max(rows.column(ROW_ID)).as_py() + 1
+        self.pg_rows = rows.num_rows
         return rows.num_rows
 
 
-def delete_by_row_id(cur: psycopg.Cursor, table: sql.Identifier, ids: sql.Identifier) -> None:
-    """Delete the rows of ``table`` whose ``__row`` is in the table ``ids``, one index probe
-    each. Left to itself, Postgres hashes the whole state table for a few percent of its rows
-    (O(state) per checkpoint: 0.6 s for 200 k of 1 M rows); probing in id order costs what
-    changed (0.47 s there, and less the smaller the change)."""
-    cur.execute("SET LOCAL enable_hashjoin = off")
-    cur.execute("SET LOCAL enable_mergejoin = off")
+def delete_by_row_id(
+    cur: psycopg.Cursor, table: sql.Identifier, ids: sql.Identifier, *, probe: bool
+) -> None:
+    """Delete the rows of ``table`` whose ``__row`` is in the table ``ids``. With ``probe``,
+    one index probe each, in id order: left to itself, Postgres hashes the whole state table
+    for a few per cent of its rows (O(state) per checkpoint: 0.6 s for 200 k of 1 M rows,
+    against 0.47 s probing, and less the smaller the change)."""
+    if probe:
+        cur.execute("SET LOCAL enable_hashjoin = off")
+        cur.execute("SET LOCAL enable_mergejoin = off")
     cur.execute(
         sql.SQL("DELETE FROM {} t USING {} d WHERE t.{} = d.{}").format(
             table, ids, sql.Identifier(ROW_ID), sql.Identifier(ROW_ID)
         )
     )
-    cur.execute("RESET enable_hashjoin")
-    cur.execute("RESET enable_mergejoin")
+    if probe:
+        cur.execute("RESET enable_hashjoin")
+        cur.execute("RESET enable_mergejoin")
 
 
 def _pg_type(duck_type: str) -> str:
