@@ -114,3 +114,17 @@ def test_an_infinite_interval_checkpoints_only_when_asked(catalog_dsn, tmp_data_
         assert e.checkpoint() is not None  # asked: FLUSH, stop, the end of a bounded run
     finally:
         e.close()
+
+
+def test_catalog_connections_run_without_jit(catalog_dsn, tmp_data_dir) -> None:
+    """A checkpoint's statements are short; JIT compiling a misestimated one cost ~0.5 s."""
+    e = Engine(Settings(data_dir=tmp_data_dir, batch_rows=1000), catalog_dsn)
+    try:
+        e.execute_script(JOB)
+        e.run_epoch()
+        e.checkpoint()
+        assert e._commit_conn is not None
+        for conn in (e.store.conn, e._commit_conn):
+            assert conn.execute("SHOW jit").fetchone()[0] == "off"
+    finally:
+        e.close()

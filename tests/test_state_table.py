@@ -31,6 +31,15 @@ def test_vnode_is_the_first_md5_byte_of_the_key_text() -> None:
     assert got == {key: hashlib.md5(t.encode()).digest()[0] for key, t in texts.items()}
 
 
+def _fresh_mirror(conn, *tables: StateTable | AppendLog) -> None:
+    """Empty Postgres mirrors for ``tables`` (left over from an earlier run: dropped)."""
+    conn.execute("CREATE SCHEMA IF NOT EXISTS sqlstream_state")
+    for t in tables:
+        conn.execute(f"DROP TABLE IF EXISTS sqlstream_state.{t.operator_id}")
+        with conn.cursor() as cur:
+            t.pg_create(cur)
+
+
 def _mirror(conn, st: StateTable) -> list[tuple]:
     return conn.execute(
         f"SELECT k, n, __row FROM sqlstream_state.{st.operator_id} ORDER BY k, __row"
@@ -45,10 +54,7 @@ def test_postgres_gets_deletes_only_for_keys_it_holds(pg_dsn: str) -> None:
     st = StateTable(con, "op_deletes", [("k", "BIGINT")], [("n", "BIGINT")])
     st.create()
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA IF NOT EXISTS sqlstream_state")
-        conn.execute(f"DROP TABLE IF EXISTS sqlstream_state.{st.operator_id}")
-        with conn.cursor() as cur:
-            st.pg_create(cur)
+        _fresh_mirror(conn, st)
 
         def checkpoint(table: StateTable = st) -> tuple[int, int]:
             with conn.transaction(), conn.cursor() as cur:
@@ -95,11 +101,7 @@ def test_checkpoint_deletes_probe_by_row_id_not_scan_the_state(pg_dsn: str) -> N
     log = AppendLog(con, "op_probe_log", [("k", "BIGINT")])
     log.create()
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA IF NOT EXISTS sqlstream_state")
-        for t in (st, log):
-            conn.execute(f"DROP TABLE IF EXISTS sqlstream_state.{t.operator_id}")
-            with conn.cursor() as cur:
-                t.pg_create(cur)
+        _fresh_mirror(conn, st, log)
         con.execute(f"INSERT INTO {st.table} SELECT i, 0 FROM range(50000) t(i)")
         st.mark_all_dirty()
         log.append(con.sql("SELECT i AS k FROM range(50000) t(i)").to_arrow_table())
@@ -134,10 +136,7 @@ def test_a_log_that_drops_most_of_what_it_holds_needs_no_index(pg_dsn: str) -> N
     log = AppendLog(con, "op_churn_log", [("k", "BIGINT")])
     log.create()
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA IF NOT EXISTS sqlstream_state")
-        conn.execute(f"DROP TABLE IF EXISTS sqlstream_state.{log.operator_id}")
-        with conn.cursor() as cur:
-            log.pg_create(cur)
+        _fresh_mirror(conn, log)
         for start in range(0, 4000, 1000):  # each checkpoint: 1000 new rows, older ones go
             log.delete_where(f"s.k < {start}")
             log.append(con.sql(f"SELECT i AS k FROM range({start}, {start + 1000}) t(i)").to_arrow_table())

@@ -27,6 +27,7 @@ from sqlglot import exp
 from sqlstream.checkpoint import protocol
 from sqlstream.checkpoint.protocol import CheckpointStats, committed_sinks
 from sqlstream.checkpoint.store import CatalogStore, ObjectRow
+from sqlstream.checkpoint.store import connect as catalog_connect
 from sqlstream.config import Settings
 from sqlstream.connectors.base import ConnectorContext, Format, Source
 from sqlstream.connectors.registry import sink_class, source_class
@@ -795,7 +796,7 @@ class Engine:
         self.last_checkpoint_at = started
         if self._committer is None:
             self._committer = ThreadPoolExecutor(1, thread_name_prefix="sqlstream-checkpoint")
-            self._commit_conn = psycopg.connect(self.catalog_dsn, autocommit=True)
+            self._commit_conn = catalog_connect(self.catalog_dsn)
         self._in_flight = self._committer.submit(
             protocol.commit, self.store, self._commit_conn, sealed
         )
