@@ -148,3 +148,30 @@ def test_a_log_that_drops_most_of_what_it_holds_needs_no_index(pg_dsn: str) -> N
         assert not conn.execute(
             "SELECT indexname FROM pg_indexes WHERE tablename = %s", [log.operator_id]
         ).fetchall()
+
+
+def test_a_global_aggregate_row_survives_reloads(pg_dsn: str) -> None:
+    """The one row of a keyless state: after each reload it is replaced, never duplicated."""
+    con = duckdb.connect()
+
+    def fresh() -> StateTable:
+        return StateTable(con, "op_global", [], [("n", "BIGINT")])
+
+    st = fresh()
+    st.create()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        _fresh_mirror(conn, st)
+        con.execute(f"INSERT INTO {st.table} VALUES (5)")
+        st.mark_all_dirty()
+        with conn.transaction(), conn.cursor() as cur:
+            st.pg_write(cur, st.delta())
+        for n in (6, 7):
+            st = fresh()
+            assert st.pg_load(conn) == 1
+            con.execute(f"UPDATE {st.table} SET n = {n}")
+            st.mark_all_dirty()
+            with conn.transaction(), conn.cursor() as cur:
+                assert st.pg_write(cur, st.delta()) == (1, 1)
+            assert conn.execute(
+                f"SELECT n FROM sqlstream_state.{st.operator_id}"
+            ).fetchall() == [(n,)]

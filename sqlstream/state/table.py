@@ -256,10 +256,8 @@ class StateTable:
             self.con.register("__load", rows)
             try:
                 self.con.execute(f"INSERT INTO {self.table} SELECT * EXCLUDE ({qi(ROW_ID)}) FROM __load")
-                self.con.execute(
-                    f"INSERT INTO {self.persisted} SELECT {self._key_select()}{', ' if self.keys else ''}"
-                    f"{qi(ROW_ID)} FROM __load"
-                )
+                kept = ", ".join([*(qi(k) for k in self.key_names), qi(ROW_ID)])
+                self.con.execute(f"INSERT INTO {self.persisted} SELECT {kept} FROM __load")
             finally:
                 self.con.unregister("__load")
             self.next_row = pc.max(rows.column(ROW_ID)).as_py() + 1
