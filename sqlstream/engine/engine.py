@@ -138,6 +138,9 @@ class Engine:
         self._committer: ThreadPoolExecutor | None = None
         self._commit_conn: psycopg.Connection | None = None
         self._in_flight: Future[CheckpointStats] | None = None
+        #: what made a checkpoint's commit fail: the engine must be rebuilt from the last
+        #: committed checkpoint (its state has moved past what Postgres holds)
+        self.broken: BaseException | None = None
         self.align_max_lead_us = alignment.MAX_LEAD_US
         self.align_idle_s = alignment.IDLE_S
         # interrupt_query() comes from other threads; it may only ever stop an ad-hoc query.
@@ -775,6 +778,9 @@ class Engine:
         committer's thread while the caller goes on (its stats, or its failure, come with the
         next ``settle``). A checkpoint starts only once the previous one has settled."""
         self.settle()
+        if self._committer is None:  # before sealing: nothing is set aside if this fails
+            self._commit_conn = catalog_connect(self.catalog_dsn)
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="sqlstream-checkpoint")
         # The interval runs from one checkpoint's start to the next, so a slow commit does
         # not stretch the period (and the latency bound) by its own duration.
         started = time.monotonic()
@@ -794,9 +800,6 @@ class Engine:
         self._rows_in_ckpt = self.rows_in
         self._rows_out_ckpt = rows_out
         self.last_checkpoint_at = started
-        if self._committer is None:
-            self._committer = ThreadPoolExecutor(1, thread_name_prefix="sqlstream-checkpoint")
-            self._commit_conn = catalog_connect(self.catalog_dsn)
         self._in_flight = self._committer.submit(
             protocol.commit, self.store, self._commit_conn, sealed
         )
@@ -804,11 +807,18 @@ class Engine:
 
     def settle(self) -> CheckpointStats | None:
         """Wait for the checkpoint in flight to commit; raises what made it fail (the engine
-        must then recover from the last committed checkpoint). Returns its stats."""
+        must then recover from the last committed checkpoint, so every later call raises it
+        again). Returns its stats."""
+        if self.broken is not None:
+            raise self.broken
         job, self._in_flight = self._in_flight, None
         if job is None:
             return None
-        stats = job.result()
+        try:
+            stats = job.result()
+        except BaseException as e:
+            self.broken = e
+            raise
         self.last_epoch = stats.epoch
         self.last_checkpoint = stats
         return stats

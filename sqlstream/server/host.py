@@ -205,8 +205,8 @@ class EngineHost:
             result = fn(self.engine)
         except BaseException as e:  # noqa: BLE001 - every error goes back to the session
             future.set_exception(e)
-            if _is_catalog_failure(e):
-                raise  # the engine's catalog connection is gone: rebuild the engine
+            if _is_catalog_failure(e) or self.engine.broken is not None:
+                raise  # the catalog is gone, or a checkpoint failed: rebuild the engine
             return
         finally:
             self._current = None
