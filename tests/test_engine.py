@@ -344,3 +344,13 @@ def test_where_conditions_over_both_sides_become_the_inner_join_condition(engine
     )
     text = "\n".join(r[0] for r in res.rows)
     assert text.index("Filter") < text.index("Join LEFT"), text
+
+
+@pytest.mark.parametrize("name", ["__row", "__weight", "__count", "__ord"])
+def test_hidden_column_names_are_refused_before_anything_is_created(engine, name):
+    engine.execute_script(GEN)
+    view = f"CREATE MATERIALIZED VIEW m AS SELECT k AS {name}, count(*) AS n FROM gen GROUP BY k"
+    assert _sqlstate(lambda: engine.execute_script(view)) == "42939"
+    assert "m" not in engine.objects
+    engine.execute_script(view.replace(f"AS {name}", "AS k"))
+    assert "m" in engine.objects

@@ -29,7 +29,7 @@ from sqlstream.checkpoint.protocol import CheckpointStats, committed_sinks
 from sqlstream.checkpoint.store import CatalogStore, ObjectRow
 from sqlstream.checkpoint.store import connect as catalog_connect
 from sqlstream.config import Settings
-from sqlstream.connectors.base import ConnectorContext, Format, Source
+from sqlstream.connectors.base import WEIGHT, ConnectorContext, Format, Source
 from sqlstream.connectors.registry import sink_class, source_class
 from sqlstream.engine import alignment
 from sqlstream.engine.build import operator_id
@@ -55,9 +55,13 @@ from sqlstream.sql import statements as st
 from sqlstream.sql.binder import bind_query
 from sqlstream.sql.dialect import SqlStream
 from sqlstream.sql.parser import parse, parse_one
+from sqlstream.state.table import ROW_ID
 from sqlstream.types import Column, Schema, from_duckdb
 
 log = logging.getLogger("sqlstream")
+
+#: names of the columns state tables and changelogs carry beside a query's own
+HIDDEN_COLUMNS = frozenset({WEIGHT, ROW_ID, "__count", "__ord"})
 
 
 
@@ -335,6 +339,13 @@ class Engine:
             raise DuplicateObject(
                 f'column "{sorted(dupes)[0]}" specified more than once; give it an alias',
                 sqlstate="42701",
+            )
+        hidden = [n for n in names if n.lower() in HIDDEN_COLUMNS]
+        if hidden:
+            raise DuplicateObject(
+                f'column name "{hidden[0]}" is reserved for the columns sqlstream keeps beside '
+                f"a query's own ({', '.join(sorted(HIDDEN_COLUMNS))}); give it another alias",
+                sqlstate="42939",
             )
         plan = plan_query(name, bound.query, self._relation, emit_on_window_close=eowc)
         named = _names_in(bound.query)
