@@ -112,6 +112,8 @@ def commit(store: CatalogStore, conn: psycopg.Connection, sealed: Sealed) -> Che
     """Run the checkpoint transaction on ``conn``, then publish the sinks (any thread)."""
     epoch = sealed.epoch
     state_rows = 0
+    # the state's share of the checkpoint, as the Arrow it was sealed in
+    nbytes = sum(d.rows.nbytes + d.dropped.nbytes for _, d in sealed.deltas)
     try:
         with conn.transaction(), conn.cursor() as cur:
             for table, delta in sealed.deltas:
@@ -144,7 +146,7 @@ def commit(store: CatalogStore, conn: psycopg.Connection, sealed: Sealed) -> Che
             cur.execute(
                 "INSERT INTO sqlstream.checkpoints (epoch, duration_ms, rows_in, rows_out, "
                 "state_rows, bytes) VALUES (%s, %s, %s, %s, %s, %s)",
-                [epoch, duration, sealed.rows_in, sealed.rows_out, state_rows, 0],
+                [epoch, duration, sealed.rows_in, sealed.rows_out, state_rows, nbytes],
             )
             crash_point("pre-commit")
     except BaseException:
@@ -166,7 +168,7 @@ def commit(store: CatalogStore, conn: psycopg.Connection, sealed: Sealed) -> Che
         sealed.rows_in,
         sealed.rows_out,
         state_rows,
-        0,
+        nbytes,
     )
 
 

@@ -23,8 +23,8 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from sqlstream.formats.pgcopy import copy_in, copy_out
-from sqlstream.state.table import PG_SCHEMA, PROBE_FRACTION, ROW_ID, Delta, delete_by_row_id, qi
+from sqlstream.formats.pgcopy import copy_out
+from sqlstream.state.table import PG_SCHEMA, ROW_ID, Delta, apply_delta, qi
 from sqlstream.types import from_duckdb
 
 
@@ -119,28 +119,9 @@ class AppendLog:
     def pg_write(self, cur: psycopg.Cursor, delta: Delta) -> tuple[int, int]:
         """Write a ``delta()`` inside the checkpoint transaction (no DuckDB: it runs in the
         committer's thread). Returns (rows written, rows deleted)."""
-        rows, gone, held = delta
-        if gone.num_rows:
-            probe = gone.num_rows < PROBE_FRACTION * held
-            if probe:
-                # A log that keeps much more than it drops (a long time bound) needs an index
-                # to delete by id; it is built then, so a log that only grows (a join side with
-                # no time bound) or drops as much as it keeps (a short one) never pays for
-                # index entries. Ids only grow, so inserts land at the index's edge.
-                cur.execute(
-                    sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
-                        sql.Identifier(f"{self.operator_id}_row"),
-                        self.pg_table,
-                        sql.Identifier(ROW_ID),
-                    )
-                )
-            tmp = sql.Identifier(f"_gone_{self.operator_id}")
-            cur.execute(sql.SQL("CREATE TEMP TABLE {} (__row bigint) ON COMMIT DROP").format(tmp))
-            copy_in(cur, tmp, gone, ["bigint"])
-            delete_by_row_id(cur, self.pg_table, tmp, probe=probe)
-        if rows.num_rows:
-            copy_in(cur, self.pg_table, rows, [t for _, t in self.pg_columns()])
-        return rows.num_rows, gone.num_rows
+        return apply_delta(
+            cur, self.pg_table, self.operator_id, delta, self.pg_columns(), index_on_probe=True
+        )
 
     def pg_load(self, conn: psycopg.Connection) -> int:
         self.create()

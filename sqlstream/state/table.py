@@ -229,19 +229,7 @@ class StateTable:
         changed or gone key, append the changed keys' rows. (A delete and an insert cost
         Postgres less than half of an ``UPDATE`` of the same rows.) Touches no DuckDB table,
         so it runs in the committer's thread. Returns (rows written, rows deleted)."""
-        rows, dropped, held = delta
-        if dropped.num_rows:
-            tmp = sql.Identifier(f"_drop_{self.operator_id}")
-            cur.execute(
-                sql.SQL("CREATE TEMP TABLE {} ({} bigint) ON COMMIT DROP").format(
-                    tmp, sql.Identifier(ROW_ID)
-                )
-            )
-            copy_in(cur, tmp, dropped, ["bigint"])
-            delete_by_row_id(cur, self.pg_table, tmp, probe=dropped.num_rows < PROBE_FRACTION * held)
-        if rows.num_rows:
-            copy_in(cur, self.pg_table, rows, [t for _, t in self.pg_columns()])
-        return rows.num_rows, dropped.num_rows
+        return apply_delta(cur, self.pg_table, self.operator_id, delta, self.pg_columns())
 
     def pg_load(self, conn: psycopg.Connection) -> int:
         """Replace the DuckDB table with the checkpointed rows (recovery)."""
@@ -265,28 +253,57 @@ class StateTable:
         return rows.num_rows
 
 
-def delete_by_row_id(
-    cur: psycopg.Cursor, table: sql.Identifier, ids: sql.Identifier, *, probe: bool
-) -> None:
-    """Delete the rows of ``table`` whose ``__row`` is in the table ``ids``: with ``probe``,
-    one index probe each, in id order; otherwise one hash join.
+def apply_delta(
+    cur: psycopg.Cursor,
+    table: sql.Identifier,
+    name: str,
+    delta: Delta,
+    pg_columns: list[tuple[str, str]],
+    *,
+    index_on_probe: bool = False,
+) -> tuple[int, int]:
+    """Apply a state table's or append log's ``delta`` to its Postgres mirror ``table``:
+    delete the dropped row ids, then COPY the rows in. Returns (rows written, rows deleted).
 
-    The join is chosen here because Postgres has no statistics on the fresh ``ids`` table and
-    guesses badly. For a few per cent of a big table it hashes the whole table (O(state) per
+    The delete's join is chosen here because Postgres has no statistics on the fresh table
+    of ids and guesses badly. Under ``PROBE_FRACTION`` of what the mirror holds it probes the
+    row-id index, in id order: left to itself Postgres hashes the whole table (O(state) per
     checkpoint: 0.6 s for 200 k of 1 M rows, against 0.47 s probing, and less the smaller the
-    change). For most of a small one it sorts both sides on disk under a join it estimates
-    at 1000x the rows (0.7 s for 129 k rows, against 0.15 s hashing).
+    change). Above it, a hash join: left to itself Postgres sorts both sides on disk under a
+    join it estimates at 1000x the rows (0.7 s for 129 k rows, against 0.15 s hashing).
+    ``index_on_probe``: the mirror gets its row-id index only when it first needs probes (an
+    append log that only grows, or drops as much as it keeps, never pays for index entries;
+    ids only grow, so inserts land at the index's edge once it is there).
     """
-    off = ("enable_hashjoin", "enable_mergejoin") if probe else ("enable_mergejoin", "enable_nestloop")
-    for setting in off:
-        cur.execute(f"SET LOCAL {setting} = off")
-    cur.execute(
-        sql.SQL("DELETE FROM {} t USING {} d WHERE t.{} = d.{}").format(
-            table, ids, sql.Identifier(ROW_ID), sql.Identifier(ROW_ID)
+    rows, dropped, held = delta
+    if dropped.num_rows:
+        probe = dropped.num_rows < PROBE_FRACTION * held
+        if probe and index_on_probe:
+            cur.execute(
+                sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                    sql.Identifier(f"{name}_row"), table, sql.Identifier(ROW_ID)
+                )
+            )
+        ids = sql.Identifier(f"_drop_{name}")
+        cur.execute(
+            sql.SQL("CREATE TEMP TABLE {} ({} bigint) ON COMMIT DROP").format(
+                ids, sql.Identifier(ROW_ID)
+            )
         )
-    )
-    for setting in off:
-        cur.execute(f"RESET {setting}")
+        copy_in(cur, ids, dropped, ["bigint"])
+        off = ("hashjoin", "mergejoin") if probe else ("mergejoin", "nestloop")
+        for plan in off:
+            cur.execute(f"SET LOCAL enable_{plan} = off")
+        cur.execute(
+            sql.SQL("DELETE FROM {} t USING {} d WHERE t.{} = d.{}").format(
+                table, ids, sql.Identifier(ROW_ID), sql.Identifier(ROW_ID)
+            )
+        )
+        for plan in off:
+            cur.execute(f"RESET enable_{plan}")
+    if rows.num_rows:
+        copy_in(cur, table, rows, [t for _, t in pg_columns])
+    return rows.num_rows, dropped.num_rows
 
 
 def _pg_type(duck_type: str) -> str:
