@@ -89,6 +89,20 @@ CASES = {
         "ORDER BY amount DESC, id LIMIT 5 OFFSET 3",
         "SELECT id, amount FROM orders ORDER BY amount DESC, id LIMIT 5 OFFSET 3",
     ),
+    # the second ranking orders the rows differently: rows below the first's top still
+    # count for it, so they must stay in state
+    "topn_two_orders_per_key": (
+        """CREATE MATERIALIZED VIEW v AS SELECT customer, id, rn, rq FROM (
+            SELECT customer, id,
+                   row_number() OVER (PARTITION BY customer ORDER BY amount DESC, id) AS rn,
+                   row_number() OVER (PARTITION BY customer ORDER BY qty, id) AS rq
+            FROM orders) t
+        WHERE rn <= 2""",
+        """SELECT customer, id,
+                  row_number() OVER (PARTITION BY customer ORDER BY amount DESC, id) AS rn,
+                  row_number() OVER (PARTITION BY customer ORDER BY qty, id) AS rq
+        FROM orders QUALIFY rn <= 2""",
+    ),
     "rank_ties_per_key": (
         """CREATE MATERIALIZED VIEW v AS SELECT category, id, qty, r, d FROM (
             SELECT category, id, qty, rank() OVER (PARTITION BY category ORDER BY qty DESC) AS r,
@@ -228,6 +242,8 @@ def test_top_n_per_key_over_a_stream_keeps_only_the_top_rows(catalog_dsn, tmp_da
     engine = Engine(settings, catalog_dsn)
     try:
         engine.execute_script(f"{SOURCE}; {CASES['topn_per_key'][0]};")
+        (op,) = [o for o in engine.pipelines["v"].operators if type(o).__name__ == "RecomputeOperator"]
+        assert op.node.top_only  # one ranking per batch: the rows kept are the new top
         run_engine(engine, JobOptions(once=True))
         (pipeline,) = engine.metrics()["pipelines"]
         inputs = {t: n for t, n in pipeline["state_rows"].items() if t.endswith("_in0")}

@@ -154,7 +154,7 @@ class DeltaJoinOperator(Operator):
         if isinstance(own, StateTable):
             _merge_staged(own)
         else:
-            own.append(self.con.sql("SELECT * EXCLUDE (__count) FROM __ms").to_arrow_table())
+            own.append_from("__ms")
         return out if out.num_rows else None
 
     def on_watermark(self, watermark_us: int) -> pa.Table | None:

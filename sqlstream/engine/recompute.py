@@ -20,7 +20,10 @@ and their state dropped. Windows behind the watermark drop their state in any ca
 A Top-N over append-only input keeps only the input rows that can still reach the top, and
 stores no output: the old output of a key is the query over its rows from before the batch
 (the rows it dropped ranked below the top, so they never changed who is in it or their
-ranks), which is what was emitted.
+ranks), which is what was emitted. Where the bounded ranking is the query's only window
+function, the touched keys' rows are ranked once per batch: the rows that stay in the top
+give the new output, the same ranking says which rows to drop, and the old output comes from
+the rows before the batch (the previous top, a few per key).
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ class RecomputeOperator(Operator):
         if isinstance(state, AppendLog):
             self.run(f"CREATE OR REPLACE TEMP TABLE __d AS SELECT {select} FROM __in", batch)
             before = state.next_row
-            state.append(self.con.sql("SELECT * FROM __d").to_arrow_table())
+            state.append_from("__d")
         else:
             weight = WEIGHT if WEIGHT in batch.column_names else "1"
             self.run(
@@ -161,6 +164,10 @@ class RecomputeOperator(Operator):
         for i, t in enumerate(self.inputs):
             rows = self._restricted(t, affected, before)
             query = re.sub(rf"\b__r{i}\b", lambda _, r=rows: r, query)
+        self._output_of(query, target)
+
+    def _output_of(self, query: str, target: str) -> None:
+        """``target``: the rows of ``query`` numbered within each key (the output's key)."""
         part = f"PARTITION BY {', '.join(self.keys)}" if self.keys else ""
         keys = "".join(f"{k}, " for k in self.keys)
         self.con.execute(
@@ -169,10 +176,14 @@ class RecomputeOperator(Operator):
         )
 
     def _recompute(self, affected: str | None, before: int | None = None) -> pa.Table | None:
-        self._new_output(affected)
-        if self.output_from_inputs:
+        ranked = self.output_from_inputs and self.node.top_only
+        if ranked:
+            self._rank_once(affected, before if before is not None else 0)
+        elif self.output_from_inputs:
+            self._new_output(affected)
             self._new_output(affected, "__was", before if before is not None else 0)
         else:
+            self._new_output(affected)
             self.con.execute(
                 f"CREATE OR REPLACE TEMP TABLE __was AS SELECT * FROM "
                 f"{self._of_keys(self.output.table, affected)}"
@@ -184,9 +195,28 @@ class RecomputeOperator(Operator):
         ).to_arrow_table()
         if not self.output_from_inputs:
             self._store_output(affected)
-        if self.node.keep_sql:
+        if ranked:
+            self.inputs[0].delete_where(f"s.{ROW_ID} IN (SELECT {ROW_ID} FROM __rows WHERE NOT __keep)")
+        elif self.node.keep_sql:
             self._prune(affected, self.node.keep_sql)
         return delta if delta.num_rows else None
+
+    def _rank_once(self, affected: str | None, before: int) -> None:
+        """Top-N over an append log, ranking the touched keys' rows once: ``__new`` is the
+        query over the rows that stay in the top (``top_only``: their ranks are the same
+        among themselves), ``__was`` the query over the rows from before the batch (the top
+        of the last batch, few per key), and the rows that fell out are pruned after."""
+        (state,) = self.inputs
+        rows = self._of_keys(state.table, affected)
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE __rows AS SELECT __in.*, {self.node.keep_sql} AS __keep "
+            f"FROM {rows} AS __in"
+        )
+        kept = f"(SELECT * EXCLUDE ({ROW_ID}, __keep) FROM __rows WHERE __keep)"
+        was = f"(SELECT * EXCLUDE ({ROW_ID}, __keep) FROM __rows WHERE {ROW_ID} < {before})"
+        for target, rel in (("__new", kept), ("__was", was)):
+            query = re.sub(r"\b__r0\b", lambda _, r=rel: r, self.node.query_sql)
+            self._output_of(query, target)
 
     def _store_output(self, affected: str | None) -> None:
         """``__new`` replaces the stored output of the affected keys (``__was``)."""

@@ -158,12 +158,17 @@ class Recompute(Node):
     window_end_sql: str | None = None
     emit_on_window_close: bool = False
     #: Over: output column -> its ranking function (row_number, rank, dense_rank) over
-    #: ``__in``, when every window function of the query level is one
+    #: ``__in``, when every window function of the query level is one, all in one order
     ranking_sql: dict[str, str] = field(default_factory=dict)
     #: Top-N over append-only input: which input rows to keep per touched key (a condition
     #: over ``__in``, the stored input rows); the others can never rank high enough again,
     #: since nothing above them is ever deleted
     keep_sql: str | None = None
+    #: every window function of the query ranks in the order ``keep_sql`` bounds (or the
+    #: query is an ORDER BY ... LIMIT): every row ahead of a kept row is kept, so its ranks
+    #: among the kept rows are its ranks among all, and the query over the kept rows alone
+    #: is the query over all of them
+    top_only: bool = False
 
     def label(self) -> str:
         keys = len(self.key_types)

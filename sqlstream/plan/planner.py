@@ -686,8 +686,11 @@ class Planner:
                 e.unalias().this, exp.RowNumber | exp.Rank | exp.DenseRank
             ):
                 ranking[n] = compiled_sql
-        if len(ranking) != len(windows):
-            ranking = {}  # another window function sees every row of its partition
+        orders = {w.args["order"].sql(D) if w.args.get("order") else "" for w in windows}
+        if len(ranking) != len(windows) or len(orders) != 1:
+            # another window function sees every row of its partition, or orders them
+            # otherwise: a row below one ranking's top still counts for it
+            ranking = {}
         select = [f"{k} AS __k{i}" for i, k in enumerate(keys)] + exprs
         query = f"SELECT {', '.join(select)} FROM __r0 AS __in"
         key_sql = [keys]
@@ -714,6 +717,7 @@ class Planner:
         new = Recompute(
             node.columns, True, node.inputs, {}, what="TopN (row_number filter)",
             key_sql=node.key_sql, key_types=node.key_types, query_sql=filtered, keep_sql=keep,
+            top_only=keep is not None,
         )  # fmt: skip
         return Rel(new, rel.bindings)
 
@@ -761,7 +765,7 @@ class Planner:
             keep = f"row_number() OVER (ORDER BY {', '.join(by)}) <= {top}"
         return Recompute(
             node.columns, True, [node], {}, what="TopN (ORDER BY ... LIMIT)",
-            key_sql=[[]], key_types=[], query_sql=query, keep_sql=keep,
+            key_sql=[[]], key_types=[], query_sql=query, keep_sql=keep, top_only=True,
         )  # fmt: skip
 
 

@@ -66,6 +66,17 @@ class AppendLog:
         self.next_row += rows.num_rows
         self.live += rows.num_rows
 
+    def append_from(self, relation: str) -> None:
+        """Append the rows of a DuckDB relation (a temp table, a subquery) with the log's
+        columns, inside DuckDB: no trip through Arrow."""
+        names = ", ".join(qi(n) for n, _ in self.columns)
+        (added,) = self.con.execute(
+            f"INSERT INTO {self.table} SELECT {self.next_row} + row_number() OVER () - 1, "
+            f"{names} FROM {relation}"
+        ).fetchall()[0]
+        self.next_row += added
+        self.live += added
+
     def delete_where(self, condition: str) -> int:
         """Drop rows matching ``condition`` (over alias ``s``), e.g. behind the watermark."""
         if not self.live:
