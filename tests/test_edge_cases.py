@@ -160,7 +160,7 @@ def test_split_part_agrees_with_postgres(sql, catalog_dsn):
     parts = [(d, n) for d in ("/", "--") for n in (1, 2, 3, 4, -1, -3, -4)]
     select = ", ".join(
         f"split_part(s, '{d}', {n}) AS p{i}" for i, (d, n) in enumerate(parts)
-    ) + ", split_part(s, d, 2) AS by_column"
+    ) + ", split_part(s, d, 2) AS by_column, split_part(split_part(s, '/', 1), '-', 2) AS nested"
     sql(f"CREATE TABLE t (id INT PRIMARY KEY, s VARCHAR, d VARCHAR); INSERT INTO t VALUES {rows};"
         f"CREATE MATERIALIZED VIEW v AS SELECT id, {select} FROM t;")
     got = sql("FLUSH; SELECT * FROM v")
@@ -171,5 +171,57 @@ def test_split_part_agrees_with_postgres(sql, catalog_dsn):
     assert got == sorted(want, key=repr)
 
     rel = Rel(Scan([Column("s", "varchar")], False, relation="t"), {("t", "s"): "s"})
-    compiled = compile_expr(sqlglot.parse_one("split_part(t.s, '/', -2)", read="postgres"), rel)
+    nested = "split_part(split_part(t.s, '/', -2), '-', 1)"
+    compiled = compile_expr(sqlglot.parse_one(nested, read="postgres"), rel)
     assert "STR_SPLIT" in compiled and "SPLIT_PART" not in compiled.upper(), compiled
+
+
+def _datagen_top(catalog_dsn, tmp_data_dir, view: str) -> tuple[list[dict], object, object]:
+    """Run ``view`` (over source g: id, k, v) to the end in 500-row batches; its rows, its
+    Recompute operator, and g's rows."""
+    import duckdb
+
+    from sqlstream.engine.loop import JobOptions, run_engine
+
+    e = Engine(Settings(data_dir=tmp_data_dir, checkpoint_interval=0.0, batch_rows=500), catalog_dsn)
+    try:
+        e.execute_script(
+            "CREATE SOURCE g (id BIGINT, k BIGINT, v BIGINT) WITH (connector = 'datagen', "
+            "datagen.rows.per.second = '0', datagen.rows.total = '3000', fields.id.kind = 'sequence',"
+            " fields.k.min = '1', fields.k.max = '7', fields.v.min = '0', fields.v.max = '100000');"
+            + view
+        )
+        run_engine(e, JobOptions(once=True))
+        rows = e.query("SELECT * FROM v").to_pylist()
+        (op,) = [o for o in e.pipelines["v"].operators if type(o).__name__ == "RecomputeOperator"]
+        con = duckdb.connect()
+        src = e.pipelines["v"].readers[0].source
+        src.seek({})
+        con.register("g", src.poll(10_000).data)
+        return rows, op, con
+    finally:
+        e.close()
+
+
+def test_row_number_without_order_is_not_pruned(catalog_dsn, tmp_data_dir):
+    """Without ORDER BY, row_number numbers a key's rows anyhow: the old top cannot be
+    recomputed from the rows, so the output is stored and every row kept."""
+    rows, op, _ = _datagen_top(
+        catalog_dsn, tmp_data_dir,
+        "CREATE MATERIALIZED VIEW v AS SELECT k, rn FROM (SELECT k, row_number() OVER "
+        "(PARTITION BY k) AS rn FROM g) t WHERE rn <= 2;",
+    )  # fmt: skip
+    assert op.node.keep_sql is None
+    assert sorted((r["k"], r["rn"]) for r in rows) == [(k, n) for k in range(1, 8) for n in (1, 2)]
+
+
+def test_top_n_over_an_input_column_named_like_the_keep_flag(catalog_dsn, tmp_data_dir):
+    view = (
+        "SELECT k, __keep, rn FROM (SELECT k, __keep, row_number() OVER (PARTITION BY k "
+        "ORDER BY __keep DESC, id) AS rn FROM (SELECT id, k, v AS __keep FROM g) s) t WHERE rn <= 3"
+    )
+    rows, op, con = _datagen_top(catalog_dsn, tmp_data_dir, f"CREATE MATERIALIZED VIEW v AS {view};")
+    assert op.node.top_only and op.keep_flag != "__keep"
+    got = sorted((r["k"], r["__keep"], r["rn"]) for r in rows)
+    assert got == sorted(con.sql(view).fetchall())
+    assert op.inputs[0].row_count() == 7 * 3

@@ -18,11 +18,6 @@ fresh process (spawned), so "peak RSS" is that run's own peak (``resource.getrus
 Each of the three measurements is taken ``--repeat`` times (default 3), interleaved, and the
 median is printed (the peak RSS is the largest): a 2 M-event run lasts 0.1–5 s, and single
 runs on a shared machine move by up to 2x.
-Each figure is of a warm process, as a long-running engine is: the streaming child runs the
-query twice (each from a fresh catalog and data directory) and reports the second run, and
-the batch side runs its query once before the timed run. A process's first run pays for
-faulting in its memory, which on this machine's VM costs about 3 us per 4 KiB page (tens of
-ms per 1 M-event batch, a large part of a 0.1 s run). ``--cold`` times first runs instead.
 Without --catalog a throwaway embedded Postgres is started in a temporary directory.
 ``--check`` compares the view's rows (after the bounded run) with the batch result and exits
 non-zero on a difference.
@@ -128,17 +123,11 @@ def generate_parquet(events: int, out: Path) -> dict[str, Path]:
     return paths
 
 
-def run_batch(
-    q: Query, events: int, paths: dict[str, Path], warm: bool = False
-) -> tuple[float, pa.Table]:
-    """Events/s of DuckDB running the batch query once over the Parquet files, and its rows
-    (``warm``: timing a second run, as the streaming side's)."""
+def run_batch(q: Query, events: int, paths: dict[str, Path]) -> tuple[float, pa.Table]:
+    """Events/s of DuckDB running the batch query once over the Parquet files, and its rows."""
     con = duckdb.connect()
     for table, path in paths.items():
         con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{path}')")
-    if warm:
-        con.execute(f"CREATE TABLE warm AS {q.batch}")
-        con.execute("DROP TABLE warm")
     started = time.perf_counter()
     con.execute(f"CREATE TABLE r AS {q.batch}")
     elapsed = time.perf_counter() - started
@@ -186,30 +175,20 @@ def run_stream(
 
 
 def _stream_child(args: tuple) -> tuple[float, int]:  # type: ignore[type-arg]
-    name, events, dsn, data_dir, interval, into, warm = args
-    for _ in range(2 if warm else 1):
-        rate, _ = run_stream(Query(name), events, dsn, Path(data_dir), interval, into=into)
+    name, events, dsn, data_dir, interval, into = args
+    rate, _ = run_stream(Query(name), events, dsn, Path(data_dir), interval, into=into)
     return rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
 def run_stream_isolated(
-    q: Query,
-    events: int,
-    dsn: str,
-    data_dir: Path,
-    interval: float,
-    timeout: float,
-    into: str,
-    warm: bool = False,
+    q: Query, events: int, dsn: str, data_dir: Path, interval: float, timeout: float, into: str
 ) -> tuple[float, int] | None:
     """``run_stream`` in a fresh process: its rate and its own peak RSS (KiB); None when it
-    takes longer than ``timeout`` seconds (the process is terminated). ``warm``: the rate of
-    a second run in that process (the first starts from a fresh catalog and data directory
-    too, so only the process is warm)."""
+    takes longer than ``timeout`` seconds (the process is terminated)."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
         job = pool.apply_async(
-            _stream_child, ((q.name, events, dsn, str(data_dir), interval, into, warm),)
+            _stream_child, ((q.name, events, dsn, str(data_dir), interval, into),)
         )
         try:
             return job.get(timeout)
@@ -288,13 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=3,
         help="runs of each measurement, interleaved; the median is printed (default 3)",
     )  # fmt: skip
-    ap.add_argument(
-        "--cold", action="store_true",
-        help="time each run in a fresh process (and the batch query's first run) instead of "
-        "a second run in the same process",
-    )  # fmt: skip
     args = ap.parse_args(argv)
-    warm = not args.cold
     names = ALL_QUERIES if args.queries == "all" else args.queries.split(",")
 
     with scratch_catalog(args.catalog, "sqlstream-nexmark-") as (dsn, tmp):
@@ -327,16 +300,16 @@ def main(argv: list[str] | None = None) -> int:
             # Interleaved, so that a slow spell of the machine hits every column alike.
             batch, ckpt, plain, peak = [], [], [], 0
             for _ in range(args.repeat):
-                batch.append(run_batch(q, args.events, paths, warm)[0])
+                batch.append(run_batch(q, args.events, paths)[0])
                 first = run_stream_isolated(
-                    q, args.events, dsn, tmp / "data", 1.0, args.timeout, args.into, warm
+                    q, args.events, dsn, tmp / "data", 1.0, args.timeout, args.into
                 )
                 if first is None:
                     break
                 ckpt.append(first[0])
                 peak = max(peak, first[1])
                 second = run_stream_isolated(
-                    q, args.events, dsn, tmp / "data", math.inf, args.timeout, args.into, warm
+                    q, args.events, dsn, tmp / "data", math.inf, args.timeout, args.into
                 )
                 plain.append(second[0] if second else float("nan"))
             b = statistics.median(batch)

@@ -91,6 +91,15 @@ class RecomputeOperator(Operator):
     def state_tables(self) -> list[StateTable | AppendLog]:
         return self.inputs if self.output_from_inputs else [*self.inputs, self.output]
 
+    @property
+    def keep_flag(self) -> str:
+        """A column name for ``_rank_once``'s flag that no input column has."""
+        taken = {n.lower() for n, _ in self.inputs[0].columns}
+        flag = "__keep"
+        while flag in taken:
+            flag += "_"
+        return flag
+
     # -- life cycle -----------------------------------------------------------------------
 
     def restored(self) -> pa.Table | None:
@@ -196,7 +205,9 @@ class RecomputeOperator(Operator):
         if not self.output_from_inputs:
             self._store_output(affected)
         if ranked:
-            self.inputs[0].delete_where(f"s.{ROW_ID} IN (SELECT {ROW_ID} FROM __rows WHERE NOT __keep)")
+            self.inputs[0].delete_where(
+                f"s.{ROW_ID} IN (SELECT {ROW_ID} FROM __rows WHERE NOT {self.keep_flag})"
+            )
         elif self.node.keep_sql:
             self._prune(affected, self.node.keep_sql)
         return delta if delta.num_rows else None
@@ -208,12 +219,13 @@ class RecomputeOperator(Operator):
         of the last batch, few per key), and the rows that fell out are pruned after."""
         (state,) = self.inputs
         rows = self._of_keys(state.table, affected)
+        flag = self.keep_flag
         self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE __rows AS SELECT __in.*, {self.node.keep_sql} AS __keep "
+            f"CREATE OR REPLACE TEMP TABLE __rows AS SELECT __in.*, {self.node.keep_sql} AS {flag} "
             f"FROM {rows} AS __in"
         )
-        kept = f"(SELECT * EXCLUDE ({ROW_ID}, __keep) FROM __rows WHERE __keep)"
-        was = f"(SELECT * EXCLUDE ({ROW_ID}, __keep) FROM __rows WHERE {ROW_ID} < {before})"
+        kept = f"(SELECT * EXCLUDE ({ROW_ID}, {flag}) FROM __rows WHERE {flag})"
+        was = f"(SELECT * EXCLUDE ({ROW_ID}, {flag}) FROM __rows WHERE {ROW_ID} < {before})"
         for target, rel in (("__new", kept), ("__was", was)):
             query = re.sub(r"\b__r0\b", lambda _, r=rel: r, self.node.query_sql)
             self._output_of(query, target)

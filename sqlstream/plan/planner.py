@@ -687,9 +687,10 @@ class Planner:
             ):
                 ranking[n] = compiled_sql
         orders = {w.args["order"].sql(D) if w.args.get("order") else "" for w in windows}
-        if len(ranking) != len(windows) or len(orders) != 1:
+        if len(ranking) != len(windows) or len(orders) != 1 or "" in orders:
             # another window function sees every row of its partition, or orders them
-            # otherwise: a row below one ranking's top still counts for it
+            # otherwise (a row below one ranking's top still counts for it), or there is no
+            # order (row_number numbers rows anyhow: the old top cannot be recomputed)
             ranking = {}
         select = [f"{k} AS __k{i}" for i, k in enumerate(keys)] + exprs
         query = f"SELECT {', '.join(select)} FROM __r0 AS __in"

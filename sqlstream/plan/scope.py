@@ -88,7 +88,7 @@ def _split_once(node: exp.Expression) -> exp.Expression:
         and int(index.this) != 0
     ):  # fmt: skip
         return node
-    text = node.this.sql(D)
+    text = node.this.transform(_split_once).sql(D)  # a split_part inside is not visited
     return sqlglot.parse_one(
         f"coalesce(string_split({text}, {delimiter.sql(D)})[{sign * int(index.this)}], "
         f"CASE WHEN {text} IS NOT NULL THEN '' END)",
