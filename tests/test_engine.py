@@ -354,3 +354,27 @@ def test_hidden_column_names_are_refused_before_anything_is_created(engine, name
     assert "m" not in engine.objects
     engine.execute_script(view.replace(f"AS {name}", "AS k"))
     assert "m" in engine.objects
+
+
+@pytest.mark.parametrize(
+    "create",
+    [
+        "CREATE MATERIALIZED VIEW v AS SELECT id, x::INT AS n FROM t",
+        "CREATE SINK v AS SELECT id, x::INT AS n FROM t WITH (connector = 'blackhole')",
+    ],
+)
+def test_a_create_failing_on_existing_rows_leaves_nothing_behind(engine, catalog_dsn, create):
+    """The view's first rows are computed inside CREATE: when that fails, the statement fails
+    whole, with a SQLSTATE, and the name is free again (also after a restart)."""
+    engine.execute_script(
+        "CREATE TABLE t (id INT PRIMARY KEY, x VARCHAR); INSERT INTO t VALUES (1, '5'), (2, 'abc');"
+    )
+    assert _sqlstate(lambda: engine.execute_script(create)) == "22P02"
+    assert "v" not in engine.objects and "v" not in engine.pipelines and "v" not in engine.sinks
+    with psycopg.connect(catalog_dsn) as conn:
+        assert not conn.execute("SELECT 1 FROM sqlstream.objects WHERE name = 'v'").fetchall()
+        assert not conn.execute(
+            "SELECT 1 FROM sqlstream.operator_state WHERE object = 'v'"
+        ).fetchall()
+    engine.execute_script(create.replace("x::INT", "x"))
+    assert "v" in engine.objects

@@ -417,8 +417,22 @@ class Engine:
             _relations(p.plan),
         )
         self._register_new(row, p)
-        self._start_pipeline(p, restoring=False)
+        try:
+            self._start_pipeline(p, restoring=False)
+        except BaseException as e:
+            # e.g. a cast that fails on a table's current rows: the statement fails whole
+            self._undo_create(stmt.name, p)
+            if isinstance(e, duckdb.Error):
+                raise duckdb_error(e) from e
+            raise
         return Result("CREATE_MATERIALIZED_VIEW")
+
+    def _undo_create(self, name: str, p: Pipeline | None) -> None:
+        """Remove every trace of a CREATE that failed after its object was registered: the
+        catalog row and state tables, the pipeline and its readers, the DuckDB tables."""
+        if p is not None:
+            self.pipelines[name] = p
+        self._drop_object(name, cascade=False)
 
     def _sink_query(self, stmt: st.CreateSink) -> tuple[exp.Query | None, str | None]:
         """(own query, attached view) of a sink."""
@@ -462,7 +476,17 @@ class Engine:
             self.pipelines[attached].sinks.append(runner)
         elif pipeline is not None:
             pipeline.sinks.append(runner)
-            self._start_pipeline(pipeline, restoring)
+            try:
+                self._start_pipeline(pipeline, restoring)
+            except BaseException as e:
+                if restoring:
+                    raise
+                self.pipelines[name] = pipeline
+                self._forget_sink(name)
+                self._close_pipeline(pipeline)
+                if isinstance(e, duckdb.Error):
+                    raise duckdb_error(e) from e
+                raise
         return pipeline
 
     def _backfill_sink(self, name: str) -> None:
@@ -520,16 +544,21 @@ class Engine:
             self._forget_sink(name)
         p = self.pipelines.pop(name, None)
         if p:
-            for r in p.readers:
-                r.source.close()
-            for u in p.upstream:
+            self._close_pipeline(p)
+
+    def _close_pipeline(self, p: Pipeline) -> None:
+        """Close a removed pipeline's readers and drop its DuckDB tables."""
+        for r in p.readers:
+            r.source.close()
+        for u in p.upstream:
+            if p in u.subscribers:  # not yet, when its start failed
                 u.subscribers.remove(p)
-            if p.materialize:
-                p.materialize.drop()
-            for t in p.state_tables:
-                for table in (t.table, getattr(t, "dirty", None), getattr(t, "gone", None)):
-                    if table:
-                        self.con.execute(f"DROP TABLE IF EXISTS {table}")
+        if p.materialize:
+            p.materialize.drop()
+        for t in p.state_tables:
+            for table in (t.table, getattr(t, "dirty", None), getattr(t, "gone", None)):
+                if table:
+                    self.con.execute(f"DROP TABLE IF EXISTS {table}")
 
     _KINDS = {
         "source": "source",
