@@ -175,3 +175,64 @@ def test_a_global_aggregate_row_survives_reloads(pg_dsn: str) -> None:
             assert conn.execute(
                 f"SELECT n FROM sqlstream_state.{st.operator_id}"
             ).fetchall() == [(n,)]
+
+
+def _filenode(conn, t: StateTable | AppendLog) -> int:
+    return conn.execute(
+        "SELECT pg_relation_filenode(%s::regclass)", [f"sqlstream_state.{t.operator_id}"]
+    ).fetchone()[0]
+
+
+def test_a_checkpoint_dropping_every_row_empties_the_mirror_at_once(pg_dsn: str) -> None:
+    """When every row Postgres holds goes (all windows closed, all of a log's rows expired),
+    the mirror is truncated instead of deleted from row by row; a partial drop is not; and a
+    session reading the mirror in an open transaction does not hold the checkpoint up (the
+    rows are then deleted)."""
+    con = duckdb.connect()
+    st = StateTable(con, "op_empty", [("k", "BIGINT")], [("n", "BIGINT")])
+    st.create()
+    log = AppendLog(con, "op_empty_log", [("k", "BIGINT")])
+    log.create()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        _fresh_mirror(conn, st, log)
+
+        def checkpoint() -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                st.pg_write(cur, st.delta())
+                log.pg_write(cur, log.delta())
+
+        con.execute(f"INSERT INTO {st.table} SELECT i, i FROM range(1000) t(i)")
+        st.mark_all_dirty()
+        log.append(con.sql("SELECT i AS k FROM range(100) t(i)").to_arrow_table())
+        checkpoint()
+        nodes = _filenode(conn, st), _filenode(conn, log)
+        con.execute(f"INSERT INTO {st.dirty} SELECT k FROM {st.table} WHERE k < 500")
+        con.execute(f"DELETE FROM {st.table} WHERE k < 500")
+        log.delete_where("s.k < 50")
+        checkpoint()
+        assert (_filenode(conn, st), _filenode(conn, log)) == nodes  # rows deleted by id
+        assert _mirror(conn, st)[0][:2] == (500, 500) and len(_mirror(conn, st)) == 500
+
+        con.execute(f"INSERT INTO {st.dirty} SELECT k FROM {st.table}")
+        con.execute(f"DELETE FROM {st.table}")
+        con.execute(f"INSERT INTO {st.table} VALUES (7, 70), (8, 80)")
+        con.execute(f"INSERT INTO {st.dirty} VALUES (7), (8)")
+        log.delete_where("s.k >= 0")
+        log.append(con.sql("SELECT 1000 + i AS k FROM range(10) t(i)").to_arrow_table())
+        checkpoint()
+        assert _filenode(conn, st) != nodes[0] and _filenode(conn, log) != nodes[1]
+        assert [r[:2] for r in _mirror(conn, st)] == [(7, 70), (8, 80)]
+        logged = f"SELECT min(k), max(k), count(*) FROM sqlstream_state.{log.operator_id}"
+        assert conn.execute(logged).fetchone() == (1000, 1009, 10)
+
+        with psycopg.connect(pg_dsn) as reader:  # an open transaction holding the table
+            reader.execute(f"SELECT count(*) FROM sqlstream_state.{st.operator_id}").fetchone()
+            node = _filenode(conn, st)
+            con.execute(f"INSERT INTO {st.dirty} VALUES (7), (8)")
+            con.execute(f"DELETE FROM {st.table}")
+            con.execute(f"INSERT INTO {st.table} VALUES (9, 90)")
+            con.execute(f"INSERT INTO {st.dirty} VALUES (9)")
+            with conn.transaction(), conn.cursor() as cur:
+                st.pg_write(cur, st.delta())
+            assert _filenode(conn, st) == node
+        assert [r[:2] for r in _mirror(conn, st)] == [(9, 90)]

@@ -73,7 +73,13 @@ class Delta(NamedTuple):
     rows: pa.Table  # the current rows of the changed keys (an append log: the new rows)
     dropped: pa.Table  # the rows Postgres holds for changed and gone keys (their __row)
     held: int = 0  # the rows Postgres holds before this delta
+    #: ``dropped`` is every row Postgres holds (by DuckDB's record of them, the same record
+    #: the ids come from): the mirror is emptied at once instead of row by row
+    everything: bool = False
 
+
+#: How long a checkpoint waits for readers of a state table to truncate it (then: DELETE)
+TRUNCATE_WAIT_MS = 20
 
 #: Deleting less than this part of what Postgres holds probes the row-id index row by row;
 #: more is one hash join over the table, which then costs less than the probes.
@@ -185,6 +191,7 @@ class StateTable:
         ids = np.arange(self.next_row, self.next_row + rows.num_rows, dtype=np.int64)
         rows = rows.add_column(1, ROW_ID, pa.array(ids))
         self.next_row += rows.num_rows
+        everything = False
         if dropped.num_rows:
             con.register("__dropped", dropped)
             try:
@@ -193,6 +200,7 @@ class StateTable:
                 )
             finally:
                 con.unregister("__dropped")
+            everything = not con.sql(f"SELECT count(*) FROM {kept}").fetchall()[0][0]
         if rows.num_rows:
             con.register("__written", rows.select([*keys, ROW_ID]))
             try:
@@ -200,7 +208,7 @@ class StateTable:
             finally:
                 con.unregister("__written")
         held, self.pg_rows = self.pg_rows, self.pg_rows + rows.num_rows - dropped.num_rows
-        return Delta(rows, dropped, held)
+        return Delta(rows, dropped, held, everything)
 
     # -- Postgres mirror ------------------------------------------------------------------
 
@@ -263,7 +271,8 @@ def apply_delta(
     index_on_probe: bool = False,
 ) -> tuple[int, int]:
     """Apply a state table's or append log's ``delta`` to its Postgres mirror ``table``:
-    delete the dropped row ids, then COPY the rows in. Returns (rows written, rows deleted).
+    delete the dropped row ids (all of them: empty it, see ``_empty``), then COPY the rows
+    in. Returns (rows written, rows deleted).
 
     The delete's join is chosen here because Postgres has no statistics on the fresh table
     of ids and guesses badly. Under ``PROBE_FRACTION`` of what the mirror holds it probes the
@@ -275,8 +284,10 @@ def apply_delta(
     append log that only grows, or drops as much as it keeps, never pays for index entries;
     ids only grow, so inserts land at the index's edge once it is there).
     """
-    rows, dropped, held = delta
-    if dropped.num_rows:
+    rows, dropped, held, everything = delta
+    if dropped.num_rows and everything:
+        _empty(cur, table)
+    elif dropped.num_rows:
         probe = dropped.num_rows < PROBE_FRACTION * held
         if probe and index_on_probe:
             cur.execute(
@@ -304,6 +315,24 @@ def apply_delta(
     if rows.num_rows:
         copy_in(cur, table, rows, [t for _, t in pg_columns])
     return rows.num_rows, dropped.num_rows
+
+
+def _empty(cur: psycopg.Cursor, table: sql.Identifier) -> None:
+    """Empty a mirror whose rows all go (its windows closed, a log's rows all expired).
+
+    TRUNCATE: no ids to send, no per-row work, no dead rows (7 ms against 160 ms for
+    deleting 129 k rows by id). But it waits for every reader of the table, and someone may
+    be reading the checkpoint with SQL, even in a transaction left open: after a short wait
+    the rows are deleted instead (42-62 ms), which waits for no reader. (TRUNCATE is also
+    not MVCC-safe: a reader whose snapshot predates the commit sees the table empty.)
+    """
+    try:
+        with cur.connection.transaction():  # a savepoint: a lock timeout undoes only this
+            cur.execute(f"SET LOCAL lock_timeout = '{TRUNCATE_WAIT_MS}ms'")
+            cur.execute(sql.SQL("TRUNCATE {}").format(table))
+        cur.execute("RESET lock_timeout")
+    except psycopg.errors.LockNotAvailable:
+        cur.execute(sql.SQL("DELETE FROM {}").format(table))
 
 
 def _pg_type(duck_type: str) -> str:
