@@ -92,14 +92,20 @@ def _seq_scans(cur, table: str) -> int:
     ).fetchone()[0]
 
 
+def _keyed_and_log(con: duckdb.DuckDBPyConnection, name: str) -> tuple[StateTable, AppendLog]:
+    """A keyed state table (k -> n) and an append log (k), both created."""
+    st = StateTable(con, name, [("k", "BIGINT")], [("n", "BIGINT")])
+    st.create()
+    log = AppendLog(con, f"{name}_log", [("k", "BIGINT")])
+    log.create()
+    return st, log
+
+
 def test_checkpoint_deletes_probe_by_row_id_not_scan_the_state(pg_dsn: str) -> None:
     """Deleting a few changed keys' rows must not read the whole state table (its cost
     follows the change), for keyed state and for append logs alike."""
     con = duckdb.connect()
-    st = StateTable(con, "op_probe", [("k", "BIGINT")], [("n", "BIGINT")])
-    st.create()
-    log = AppendLog(con, "op_probe_log", [("k", "BIGINT")])
-    log.create()
+    st, log = _keyed_and_log(con, "op_probe")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         _fresh_mirror(conn, st, log)
         con.execute(f"INSERT INTO {st.table} SELECT i, 0 FROM range(50000) t(i)")
@@ -189,10 +195,7 @@ def test_a_checkpoint_dropping_every_row_empties_the_mirror_at_once(pg_dsn: str)
     session reading the mirror in an open transaction does not hold the checkpoint up (the
     rows are then deleted)."""
     con = duckdb.connect()
-    st = StateTable(con, "op_empty", [("k", "BIGINT")], [("n", "BIGINT")])
-    st.create()
-    log = AppendLog(con, "op_empty_log", [("k", "BIGINT")])
-    log.create()
+    st, log = _keyed_and_log(con, "op_empty")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         _fresh_mirror(conn, st, log)
 
