@@ -92,9 +92,11 @@ def _seq_scans(cur, table: str) -> int:
     ).fetchone()[0]
 
 
-def _keyed_and_log(con: duckdb.DuckDBPyConnection, name: str) -> tuple[StateTable, AppendLog]:
+def _keyed_and_log(
+    con: duckdb.DuckDBPyConnection, name: str, bounded: bool = False
+) -> tuple[StateTable, AppendLog]:
     """A keyed state table (k -> n) and an append log (k), both created."""
-    st = StateTable(con, name, [("k", "BIGINT")], [("n", "BIGINT")])
+    st = StateTable(con, name, [("k", "BIGINT")], [("n", "BIGINT")], bounded=bounded)
     st.create()
     log = AppendLog(con, f"{name}_log", [("k", "BIGINT")])
     log.create()
@@ -195,7 +197,7 @@ def test_a_checkpoint_dropping_every_row_empties_the_mirror_at_once(pg_dsn: str)
     session reading the mirror in an open transaction does not hold the checkpoint up (the
     rows are then deleted)."""
     con = duckdb.connect()
-    st, log = _keyed_and_log(con, "op_empty")
+    st, log = _keyed_and_log(con, "op_empty", bounded=True)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         _fresh_mirror(conn, st, log)
 
@@ -224,6 +226,10 @@ def test_a_checkpoint_dropping_every_row_empties_the_mirror_at_once(pg_dsn: str)
         log.append(con.sql("SELECT 1000 + i AS k FROM range(10) t(i)").to_arrow_table())
         checkpoint()
         assert _filenode(conn, st) != nodes[0] and _filenode(conn, log) != nodes[1]
+        assert not conn.execute(  # state the watermark drops, never probed: no index
+            "SELECT indexname FROM pg_indexes WHERE tablename IN (%s, %s)",
+            [st.operator_id, log.operator_id],
+        ).fetchall()
         assert [r[:2] for r in _mirror(conn, st)] == [(7, 70), (8, 80)]
         logged = f"SELECT min(k), max(k), count(*) FROM sqlstream_state.{log.operator_id}"
         assert conn.execute(logged).fetchone() == (1000, 1009, 10)
@@ -239,3 +245,43 @@ def test_a_checkpoint_dropping_every_row_empties_the_mirror_at_once(pg_dsn: str)
                 st.pg_write(cur, st.delta())
             assert _filenode(conn, st) == node
         assert [r[:2] for r in _mirror(conn, st)] == [(9, 90)]
+
+
+def test_only_state_the_watermark_drops_defers_its_index(pg_dsn: str, catalog_dsn, tmp_data_dir) -> None:
+    """Windowed state turns over: its row-id index waits for a delete small enough to probe.
+    Other state has it from the start, so that no checkpoint (the first after a restart,
+    say) has to build it over the whole table."""
+    from sqlstream.config import Settings
+    from sqlstream.engine.engine import Engine
+
+    con = duckdb.connect()
+    keyed, _ = _keyed_and_log(con, "op_index_keyed")
+    windowed, _ = _keyed_and_log(con, "op_index_windowed", bounded=True)
+    indexes = "SELECT tablename FROM pg_indexes WHERE tablename LIKE 'op_index_%%'"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        _fresh_mirror(conn, keyed, windowed)
+        assert [r[0] for r in conn.execute(indexes)] == ["op_index_keyed"]
+        con.execute(f"INSERT INTO {windowed.table} SELECT i, i FROM range(100) t(i)")
+        windowed.mark_all_dirty()
+        with conn.transaction(), conn.cursor() as cur:
+            windowed.pg_write(cur, windowed.delta())
+        con.execute(f"INSERT INTO {windowed.dirty} VALUES (1)")
+        con.execute(f"DELETE FROM {windowed.table} WHERE k = 1")
+        with conn.transaction(), conn.cursor() as cur:
+            assert windowed.pg_write(cur, windowed.delta()) == (0, 1)  # 1 of 100: probed
+        assert sorted(r[0] for r in conn.execute(indexes)) == ["op_index_keyed", "op_index_windowed"]
+
+    e = Engine(Settings(data_dir=tmp_data_dir, checkpoint_interval=3600), catalog_dsn)
+    try:
+        e.execute_script(
+            "CREATE SOURCE gen (k BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1 second') "
+            "WITH (connector = 'datagen', datagen.rows.per.second = '0', datagen.rows.total = '10');"
+            "CREATE MATERIALIZED VIEW w AS SELECT k, window_start, count(*) AS n "
+            "FROM TUMBLE(gen, ts, INTERVAL '1' SECOND) GROUP BY k, window_start;"
+            "CREATE MATERIALIZED VIEW g AS SELECT k, count(*) AS n FROM gen GROUP BY k;"
+        )
+        (w,) = [o for o in e.pipelines["w"].operators if type(o).__name__ == "AggregateOperator"]
+        (g,) = [o for o in e.pipelines["g"].operators if type(o).__name__ == "AggregateOperator"]
+        assert w.state.bounded and not g.state.bounded
+    finally:
+        e.close()

@@ -41,13 +41,15 @@ class AggregateOperator(Operator):
         )
         #: partials since the last checkpoint, not in the log (see the module docstring)
         self.pending: list[pa.Table] = []
-        self.state = StateTable(con, operator_id, node.keys, columns)
+        windowed = node.window_end_sql is not None
+        self.state = StateTable(con, operator_id, node.keys, columns, bounded=windowed)
         self.values = [
             StateTable(
                 con,
                 f"{operator_id}_d{i}",
                 node.keys + [("__v", d.arg_type)],
                 [(f"__n{j}", "BIGINT") for j in range(len(d.members))],
+                bounded=windowed,
             )
             for i, d in enumerate(node.distincts)
         ]

@@ -35,13 +35,17 @@ def _key_select(keys: list[str]) -> str:
 
 
 def _multiset(
-    con: duckdb.DuckDBPyConnection, operator_id: str, key_types: list[str], columns: Schema
+    con: duckdb.DuckDBPyConnection,
+    operator_id: str,
+    key_types: list[str],
+    columns: Schema,
+    bounded: bool = False,
 ) -> StateTable:
     """A join side as distinct rows (join keys ``__k0..``, then the columns) with their count,
     keyed by the row's hash: changes fold in by summing weights."""
     values = [(f"__k{i}", t) for i, t in enumerate(key_types)]
     values += [(c.name, duckdb_type(c.type)) for c in columns] + [("__count", "BIGINT")]
-    return StateTable(con, operator_id, keys=[("__h", "VARCHAR")], values=values)
+    return StateTable(con, operator_id, keys=[("__h", "VARCHAR")], values=values, bounded=bounded)
 
 
 def _stage_changes(op: Operator, casts: str, columns: Schema, batch: pa.Table) -> None:
@@ -85,7 +89,7 @@ class DeltaJoinOperator(Operator):
         super().__init__(con, node, operator_id)
         self.key_types = self._key_types()
         self.sides: list[AppendLog | StateTable] = [
-            _multiset(con, f"{operator_id}_{side}", self.key_types, child.columns)
+            _multiset(con, f"{operator_id}_{side}", self.key_types, child.columns, expiry is not None)
             if child.retracting
             else AppendLog(
                 con,
@@ -93,7 +97,9 @@ class DeltaJoinOperator(Operator):
                 [(f"__k{i}", t) for i, t in enumerate(self.key_types)]
                 + [(c.name, duckdb_type(c.type)) for c in child.columns],
             )
-            for side, child in zip(("left", "right"), node.inputs, strict=True)
+            for side, child, expiry in zip(
+                ("left", "right"), node.inputs, node.expiry_sql, strict=True
+            )
         ]
 
     def _key_types(self) -> list[str]:

@@ -62,6 +62,7 @@ class RecomputeOperator(Operator):
                 values=key_cols
                 + [(c.name, duckdb_type(c.type)) for c in child.columns]
                 + [("__count", "BIGINT")],
+                bounded=node.window_end_sql is not None,
             )
             if child.retracting
             else AppendLog(
@@ -76,6 +77,7 @@ class RecomputeOperator(Operator):
             f"{operator_id}_out",
             keys=key_cols + [("__ord", "BIGINT")],
             values=[(c.name, duckdb_type(c.type)) for c in node.columns],
+            bounded=node.window_end_sql is not None,
         )
         self.out_cols = ", ".join(qi(c.name) for c in node.columns)
         #: the old output is recomputed from the input rows before the batch, not stored
