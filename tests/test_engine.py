@@ -369,8 +369,11 @@ def test_a_create_failing_on_existing_rows_leaves_nothing_behind(engine, catalog
     engine.execute_script(
         "CREATE TABLE t (id INT PRIMARY KEY, x VARCHAR); INSERT INTO t VALUES (1, '5'), (2, 'abc');"
     )
+    tables = "SELECT table_name FROM duckdb_tables() ORDER BY 1"
+    before = engine.con.sql(tables).fetchall()
     assert _sqlstate(lambda: engine.execute_script(create)) == "22P02"
     assert "v" not in engine.objects and "v" not in engine.pipelines and "v" not in engine.sinks
+    assert engine.con.sql(tables).fetchall() == before  # its DuckDB tables too
     with psycopg.connect(catalog_dsn) as conn:
         assert not conn.execute("SELECT 1 FROM sqlstream.objects WHERE name = 'v'").fetchall()
         assert not conn.execute(

@@ -8,7 +8,7 @@ import duckdb
 import psycopg
 
 from sqlstream.state.append_log import AppendLog
-from sqlstream.state.table import StateTable
+from sqlstream.state.table import TRUNCATE_MIN_ROWS, StateTable
 
 
 def test_vnode_is_the_first_md5_byte_of_the_key_text() -> None:
@@ -193,9 +193,10 @@ def _filenode(conn, t: StateTable | AppendLog) -> int:
 
 def test_a_checkpoint_dropping_every_row_empties_the_mirror_at_once(pg_dsn: str) -> None:
     """When every row Postgres holds goes (all windows closed, all of a log's rows expired),
-    the mirror is truncated instead of deleted from row by row; a partial drop is not; and a
-    session reading the mirror in an open transaction does not hold the checkpoint up (the
-    rows are then deleted)."""
+    and they are many, the mirror is truncated instead of deleted from row by row; a partial
+    drop or a small table is not; and a session reading the mirror in an open transaction
+    does not hold the checkpoint up (the rows are then deleted)."""
+    many = TRUNCATE_MIN_ROWS
     con = duckdb.connect()
     st, log = _keyed_and_log(con, "op_empty", bounded=True)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
@@ -206,45 +207,50 @@ def test_a_checkpoint_dropping_every_row_empties_the_mirror_at_once(pg_dsn: str)
                 st.pg_write(cur, st.delta())
                 log.pg_write(cur, log.delta())
 
-        con.execute(f"INSERT INTO {st.table} SELECT i, i FROM range(1000) t(i)")
+        def replace_all(first: int, count: int) -> None:
+            """Every key of st goes, ``count`` new ones from ``first`` come."""
+            con.execute(f"INSERT INTO {st.dirty} SELECT k FROM {st.table}")
+            con.execute(f"DELETE FROM {st.table}")
+            con.execute(f"INSERT INTO {st.table} SELECT i, i FROM range({first}, {first + count}) t(i)")
+            con.execute(f"INSERT INTO {st.dirty} SELECT i FROM range({first}, {first + count}) t(i)")
+
+        con.execute(f"INSERT INTO {st.table} SELECT i, i FROM range({2 * many}) t(i)")
         st.mark_all_dirty()
-        log.append(con.sql("SELECT i AS k FROM range(100) t(i)").to_arrow_table())
+        log.append(con.sql(f"SELECT i AS k FROM range({2 * many}) t(i)").to_arrow_table())
         checkpoint()
         nodes = _filenode(conn, st), _filenode(conn, log)
-        con.execute(f"INSERT INTO {st.dirty} SELECT k FROM {st.table} WHERE k < 500")
-        con.execute(f"DELETE FROM {st.table} WHERE k < 500")
-        log.delete_where("s.k < 50")
+        con.execute(f"INSERT INTO {st.dirty} SELECT k FROM {st.table} WHERE k < {many}")
+        con.execute(f"DELETE FROM {st.table} WHERE k < {many}")
+        log.delete_where(f"s.k < {many}")
         checkpoint()
-        assert (_filenode(conn, st), _filenode(conn, log)) == nodes  # rows deleted by id
-        assert _mirror(conn, st)[0][:2] == (500, 500) and len(_mirror(conn, st)) == 500
+        assert (_filenode(conn, st), _filenode(conn, log)) == nodes  # half: deleted by id
+        assert len(_mirror(conn, st)) == many and _mirror(conn, st)[0][:2] == (many, many)
 
-        con.execute(f"INSERT INTO {st.dirty} SELECT k FROM {st.table}")
-        con.execute(f"DELETE FROM {st.table}")
-        con.execute(f"INSERT INTO {st.table} VALUES (7, 70), (8, 80)")
-        con.execute(f"INSERT INTO {st.dirty} VALUES (7), (8)")
+        replace_all(7, 2)  # the remaining `many` keys all go
         log.delete_where("s.k >= 0")
-        log.append(con.sql("SELECT 1000 + i AS k FROM range(10) t(i)").to_arrow_table())
+        log.append(con.sql("SELECT 1000000 + i AS k FROM range(10) t(i)").to_arrow_table())
         checkpoint()
         assert _filenode(conn, st) != nodes[0] and _filenode(conn, log) != nodes[1]
+        assert [r[:2] for r in _mirror(conn, st)] == [(7, 7), (8, 8)]
+        logged = f"SELECT min(k), max(k), count(*) FROM sqlstream_state.{log.operator_id}"
+        assert conn.execute(logged).fetchone() == (1000000, 1000009, 10)
         assert not conn.execute(  # state the watermark drops, never probed: no index
             "SELECT indexname FROM pg_indexes WHERE tablename IN (%s, %s)",
             [st.operator_id, log.operator_id],
         ).fetchall()
-        assert [r[:2] for r in _mirror(conn, st)] == [(7, 70), (8, 80)]
-        logged = f"SELECT min(k), max(k), count(*) FROM sqlstream_state.{log.operator_id}"
-        assert conn.execute(logged).fetchone() == (1000, 1009, 10)
+
+        node = _filenode(conn, st)
+        replace_all(0, many)  # all of a small table: by id (no exclusive lock every time)
+        checkpoint()
+        assert _filenode(conn, st) == node and len(_mirror(conn, st)) == many
 
         with psycopg.connect(pg_dsn) as reader:  # an open transaction holding the table
             reader.execute(f"SELECT count(*) FROM sqlstream_state.{st.operator_id}").fetchone()
-            node = _filenode(conn, st)
-            con.execute(f"INSERT INTO {st.dirty} VALUES (7), (8)")
-            con.execute(f"DELETE FROM {st.table}")
-            con.execute(f"INSERT INTO {st.table} VALUES (9, 90)")
-            con.execute(f"INSERT INTO {st.dirty} VALUES (9)")
+            replace_all(5 * many, 1)
             with conn.transaction(), conn.cursor() as cur:
                 st.pg_write(cur, st.delta())
-            assert _filenode(conn, st) == node
-        assert [r[:2] for r in _mirror(conn, st)] == [(9, 90)]
+            assert _filenode(conn, st) == node  # it could not wait: deleted instead
+        assert [r[:2] for r in _mirror(conn, st)] == [(5 * many, 5 * many)]
 
 
 def test_only_state_the_watermark_drops_defers_its_index(pg_dsn: str, catalog_dsn, tmp_data_dir) -> None:
@@ -285,3 +291,39 @@ def test_only_state_the_watermark_drops_defers_its_index(pg_dsn: str, catalog_ds
         assert w.state.bounded and not g.state.bounded
     finally:
         e.close()
+
+
+def test_the_row_id_index_is_asked_for_once(pg_dsn: str) -> None:
+    """CREATE INDEX IF NOT EXISTS locks the table even when the index exists (an autovacuum
+    it meets is cancelled): a mirror asks for its index at its first probing delete only."""
+
+    class Recording:
+        def __init__(self, cur: psycopg.Cursor) -> None:
+            self.cur, self.sql = cur, []
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(self.cur, name)
+
+        def execute(self, query, *args):  # type: ignore[no-untyped-def]
+            self.sql.append(query.as_string(self.cur) if hasattr(query, "as_string") else query)
+            return self.cur.execute(query, *args)
+
+    con = duckdb.connect()
+    st, log = _keyed_and_log(con, "op_ask", bounded=True)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        _fresh_mirror(conn, st, log)
+        con.execute(f"INSERT INTO {st.table} SELECT i, i FROM range(1000) t(i)")
+        st.mark_all_dirty()
+        log.append(con.sql("SELECT i AS k FROM range(1000) t(i)").to_arrow_table())
+        asked = []
+        for k in (None, 1, 2, 3):  # the first writes; each later one deletes 1 of 1000
+            if k is not None:
+                con.execute(f"UPDATE {st.table} SET n = -n WHERE k = {k}")
+                con.execute(f"INSERT INTO {st.dirty} VALUES ({k})")
+                log.delete_where(f"s.k = {k}")
+            with conn.transaction(), conn.cursor() as cur:
+                rec = Recording(cur)
+                st.pg_write(rec, st.delta())  # type: ignore[arg-type]
+                log.pg_write(rec, log.delta())  # type: ignore[arg-type]
+            asked.append(sum("CREATE UNIQUE INDEX" in q for q in rec.sql))
+        assert asked == [0, 2, 0, 0]

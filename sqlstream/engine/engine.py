@@ -509,6 +509,8 @@ class Engine:
             self._register_new(row, pipeline)
         except BaseException:
             self._forget_sink(stmt.name)
+            if pipeline is not None:
+                self._close_pipeline(pipeline)
             raise
         self._backfill_sink(stmt.name)
         return Result("CREATE_SINK")
@@ -556,7 +558,8 @@ class Engine:
         if p.materialize:
             p.materialize.drop()
         for t in p.state_tables:
-            for table in (t.table, getattr(t, "dirty", None), getattr(t, "gone", None)):
+            extra = (getattr(t, n, None) for n in ("dirty", "gone", "persisted"))
+            for table in (t.table, *extra):
                 if table:
                     self.con.execute(f"DROP TABLE IF EXISTS {table}")
 

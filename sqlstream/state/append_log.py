@@ -24,7 +24,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from sqlstream.formats.pgcopy import copy_out
-from sqlstream.state.table import PG_SCHEMA, ROW_ID, Delta, apply_delta, qi
+from sqlstream.state.table import PG_SCHEMA, ROW_ID, Delta, apply_delta, probes, qi
 from sqlstream.types import from_duckdb
 
 
@@ -44,6 +44,8 @@ class AppendLog:
         #: rows in the Postgres mirror (as of the last checkpoint)
         self.pg_rows = 0
         self.gone = qi(f"gone_{operator_id}")
+        #: whether the mirror has its row-id index (built at the first probing delete)
+        self.indexed = False
 
     @property
     def pg_table(self) -> sql.Identifier:
@@ -135,9 +137,12 @@ class AppendLog:
     def pg_write(self, cur: psycopg.Cursor, delta: Delta) -> tuple[int, int]:
         """Write a ``delta()`` inside the checkpoint transaction (no DuckDB: it runs in the
         committer's thread). Returns (rows written, rows deleted)."""
-        return apply_delta(
-            cur, self.pg_table, self.operator_id, delta, self.pg_columns(), index_on_probe=True
-        )
+        out = apply_delta(
+            cur, self.pg_table, self.operator_id, delta, self.pg_columns(),
+            index_on_probe=not self.indexed,
+        )  # fmt: skip
+        self.indexed |= probes(delta)  # once only, as StateTable.pg_write
+        return out
 
     def pg_load(self, conn: psycopg.Connection) -> int:
         self.create()

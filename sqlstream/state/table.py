@@ -81,6 +81,8 @@ class Delta(NamedTuple):
 
 #: How long a checkpoint waits for readers of a state table to truncate it (then: DELETE)
 TRUNCATE_WAIT_MS = 20
+#: A mirror whose rows all go is truncated from this many rows on (see ``truncates``)
+TRUNCATE_MIN_ROWS = 10_000
 
 #: Deleting less than this part of what Postgres holds probes the row-id index row by row;
 #: more is one hash join over the table, which then costs less than the probes.
@@ -105,6 +107,9 @@ class StateTable:
         self.values = values
         #: the watermark drops its rows (windows, time-bounded join sides): it turns over
         self.bounded = bounded
+        #: whether the Postgres mirror has its row-id index (for ``bounded`` state: built at
+        #: the first probing delete; not known after a restart, so asked for once again)
+        self.indexed = not bounded
         self.table = qi(f"state_{operator_id}")
         self.dirty = qi(f"dirty_{operator_id}")
         #: the keys the Postgres mirror holds (as of the last checkpoint) and their row ids
@@ -250,9 +255,14 @@ class StateTable:
         for index entries (q5 +10 %, alternating in one process). Other state has it from
         the start: building it at the first probe would hold that checkpoint up by the whole
         table's index (0.35 s more for 1 M keys in the first checkpoint after a restart)."""
-        return apply_delta(
-            cur, self.pg_table, self.operator_id, delta, self.pg_columns(), index_on_probe=True
-        )
+        # Asked for once only: CREATE INDEX IF NOT EXISTS locks the table even when the
+        # index is there, which would cancel an autovacuum at every checkpoint.
+        out = apply_delta(
+            cur, self.pg_table, self.operator_id, delta, self.pg_columns(),
+            index_on_probe=not self.indexed,
+        )  # fmt: skip
+        self.indexed |= probes(delta)
+        return out
 
     def pg_load(self, conn: psycopg.Connection) -> int:
         """Replace the DuckDB table with the checkpointed rows (recovery)."""
@@ -300,10 +310,10 @@ def apply_delta(
     only grow, so inserts land at the index's edge once it is there).
     """
     rows, dropped, held, everything = delta
-    if dropped.num_rows and everything:
+    if truncates(delta):
         _empty(cur, table)
     elif dropped.num_rows:
-        probe = dropped.num_rows < PROBE_FRACTION * held
+        probe = probes(delta)
         if probe and index_on_probe:
             cur.execute(
                 sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
@@ -330,6 +340,20 @@ def apply_delta(
     if rows.num_rows:
         copy_in(cur, table, rows, [t for _, t in pg_columns])
     return rows.num_rows, dropped.num_rows
+
+
+def truncates(delta: Delta) -> bool:
+    """Whether ``apply_delta`` empties the mirror at once: every row it holds goes, and
+    enough of them that deleting them one by one would cost (below that, the by-id delete
+    takes a few ms and no exclusive lock, which a global aggregate rewritten at every
+    checkpoint would otherwise take every time)."""
+    return delta.everything and delta.dropped.num_rows >= TRUNCATE_MIN_ROWS
+
+
+def probes(delta: Delta) -> bool:
+    """Whether ``apply_delta`` deletes by probing the row-id index."""
+    n = delta.dropped.num_rows
+    return bool(n) and not truncates(delta) and n < PROBE_FRACTION * delta.held
 
 
 def _empty(cur: psycopg.Cursor, table: sql.Identifier) -> None:
