@@ -481,9 +481,7 @@ class Engine:
             except BaseException as e:
                 if restoring:
                     raise
-                self.pipelines[name] = pipeline
-                self._forget_sink(name)
-                self._close_pipeline(pipeline)
+                self._discard_sink(name, pipeline)
                 if isinstance(e, duckdb.Error):
                     raise duckdb_error(e) from e
                 raise
@@ -508,12 +506,16 @@ class Engine:
         try:
             self._register_new(row, pipeline)
         except BaseException:
-            self._forget_sink(stmt.name)
-            if pipeline is not None:
-                self._close_pipeline(pipeline)
+            self._discard_sink(stmt.name, pipeline)
             raise
         self._backfill_sink(stmt.name)
         return Result("CREATE_SINK")
+
+    def _discard_sink(self, name: str, pipeline: Pipeline | None) -> None:
+        """Undo a CREATE SINK that failed: the runner, and the sink's own pipeline if any."""
+        self._forget_sink(name)
+        if pipeline is not None:
+            self._close_pipeline(pipeline)
 
     def _forget_sink(self, name: str) -> None:
         runner = self.sinks.pop(name, None)

@@ -113,15 +113,10 @@ class AppendLog:
         """The rows added since the last checkpoint (with their vnode) and the ids of the
         checkpointed rows deleted since; from now on they count as checkpointed."""
         gone = pa.table({})
-        everything = False
         if self.checkpointed:
             gone = self.con.sql(f"SELECT * FROM {self.gone} ORDER BY 1").to_arrow_table()
             if gone.num_rows:
                 self.con.execute(f"DELETE FROM {self.gone}")
-                # Postgres holds the checkpointed rows still here: none left, all go
-                everything = not self.con.sql(
-                    f"SELECT count(*) FROM {self.table} WHERE {qi(ROW_ID)} < {self.checkpointed}"
-                ).fetchall()[0][0]
         rows = pa.table({})
         if self.next_row > self.checkpointed:
             rows = self.con.sql(
@@ -132,7 +127,7 @@ class AppendLog:
             ).to_arrow_table()
             self.checkpointed = self.next_row
         held, self.pg_rows = self.pg_rows, self.pg_rows + rows.num_rows - gone.num_rows
-        return Delta(rows, gone, held, everything)
+        return Delta(rows, gone, held)
 
     def pg_write(self, cur: psycopg.Cursor, delta: Delta) -> tuple[int, int]:
         """Write a ``delta()`` inside the checkpoint transaction (no DuckDB: it runs in the

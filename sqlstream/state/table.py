@@ -74,9 +74,6 @@ class Delta(NamedTuple):
     rows: pa.Table  # the current rows of the changed keys (an append log: the new rows)
     dropped: pa.Table  # the rows Postgres holds for changed and gone keys (their __row)
     held: int = 0  # the rows Postgres holds before this delta
-    #: ``dropped`` is every row Postgres holds (by DuckDB's record of them, the same record
-    #: the ids come from): the mirror is emptied at once instead of row by row
-    everything: bool = False
 
 
 #: How long a checkpoint waits for readers of a state table to truncate it (then: DELETE)
@@ -201,7 +198,6 @@ class StateTable:
         ids = np.arange(self.next_row, self.next_row + rows.num_rows, dtype=np.int64)
         rows = rows.add_column(1, ROW_ID, pa.array(ids))
         self.next_row += rows.num_rows
-        everything = False
         if dropped.num_rows:
             con.register("__dropped", dropped)
             try:
@@ -210,7 +206,6 @@ class StateTable:
                 )
             finally:
                 con.unregister("__dropped")
-            everything = not con.sql(f"SELECT count(*) FROM {kept}").fetchall()[0][0]
         if rows.num_rows:
             con.register("__written", rows.select([*keys, ROW_ID]))
             try:
@@ -218,7 +213,7 @@ class StateTable:
             finally:
                 con.unregister("__written")
         held, self.pg_rows = self.pg_rows, self.pg_rows + rows.num_rows - dropped.num_rows
-        return Delta(rows, dropped, held, everything)
+        return Delta(rows, dropped, held)
 
     # -- Postgres mirror ------------------------------------------------------------------
 
@@ -309,7 +304,7 @@ def apply_delta(
     (state that only grows, or drops as much as it keeps, never pays for index entries; ids
     only grow, so inserts land at the index's edge once it is there).
     """
-    rows, dropped, held, everything = delta
+    rows, dropped, held = delta
     if truncates(delta):
         _empty(cur, table)
     elif dropped.num_rows:
@@ -347,7 +342,8 @@ def truncates(delta: Delta) -> bool:
     enough of them that deleting them one by one would cost (below that, the by-id delete
     takes a few ms and no exclusive lock, which a global aggregate rewritten at every
     checkpoint would otherwise take every time)."""
-    return delta.everything and delta.dropped.num_rows >= TRUNCATE_MIN_ROWS
+    n = delta.dropped.num_rows
+    return n == delta.held and n >= TRUNCATE_MIN_ROWS
 
 
 def probes(delta: Delta) -> bool:
