@@ -30,6 +30,12 @@ CREATE SOURCE orders (
     fields.qty.min = '0', fields.qty.max = '9'
 )"""
 
+#: the rows of ``orders`` in each HOP window of 5 s sliding by 2 s (its start ``ws``)
+HOP_2S_5S = """(SELECT *, unnest(generate_series(
+        time_bucket(INTERVAL 2 SECOND, ts - INTERVAL 5 SECOND, TIMESTAMP '1970-01-01'),
+        time_bucket(INTERVAL 2 SECOND, ts, TIMESTAMP '1970-01-01'), INTERVAL 2 SECOND)) AS ws
+    FROM orders) WHERE ts >= ws AND ts < ws + INTERVAL 5 SECOND"""
+
 # (view, batch query over table "orders" written independently of the planner)
 CASES = {
     "per_customer": (
@@ -73,6 +79,53 @@ CASES = {
         """SELECT time_bucket(INTERVAL '1 second', ts, TIMESTAMP '1970-01-01') AS window_start,
                customer % 5 AS c5, count(*) AS n, min(ts) AS first_ts
         FROM orders GROUP BY ALL""",
+    ),
+    # folded per 1 s pane (gcd of 2 s and 5 s), then per window: every accumulator kind
+    "hop_panes": (
+        """CREATE MATERIALIZED VIEW v AS
+        SELECT window_start, window_end, category, count(*) AS n,
+               count(*) FILTER (WHERE qty > 4) AS big, sum(qty) AS total, avg(amount) AS mean,
+               min(amount) AS lo, max(qty) AS most, count(qty) AS nq
+        FROM HOP(orders, ts, INTERVAL '2 seconds', INTERVAL '5 seconds')
+        GROUP BY window_start, window_end, category""",
+        f"""SELECT ws, ws + INTERVAL 5 SECOND, category, count(*),
+               count(*) FILTER (WHERE qty > 4), sum(qty), avg(amount), min(amount), max(qty),
+               count(qty)
+        FROM {HOP_2S_5S} GROUP BY ALL""",
+    ),
+    # only window_end as the window key, under EMIT ON WINDOW CLOSE
+    "hop_panes_end_eowc": (
+        """CREATE MATERIALIZED VIEW v AS
+        SELECT window_end, customer % 4 AS c4, count(*) AS n, max(amount) AS hi
+        FROM HOP(orders, ts, INTERVAL '2 seconds', INTERVAL '5 seconds')
+        GROUP BY window_end, customer % 4 EMIT ON WINDOW CLOSE""",
+        f"""SELECT ws + INTERVAL 5 SECOND, customer % 4, count(*), max(amount)
+        FROM {HOP_2S_5S} GROUP BY ALL""",
+    ),
+    # over a retracting input (each customer's latest order moves): weights fold per pane
+    "hop_panes_retracting": (
+        """CREATE MATERIALIZED VIEW latest AS
+        SELECT customer, max(ts) AS ts, max(qty) AS qty FROM orders GROUP BY customer;
+        CREATE MATERIALIZED VIEW v AS
+        SELECT window_start, count(*) AS n, sum(qty) AS total
+        FROM HOP(latest, ts, INTERVAL '2 seconds', INTERVAL '6 seconds') GROUP BY window_start""",
+        """SELECT ws, count(*), sum(qty) FROM (
+            SELECT *, unnest(generate_series(
+                time_bucket(INTERVAL 2 SECOND, ts - INTERVAL 6 SECOND, TIMESTAMP '1970-01-01'),
+                time_bucket(INTERVAL 2 SECOND, ts, TIMESTAMP '1970-01-01'), INTERVAL 2 SECOND)) AS ws
+            FROM (SELECT customer, max(ts) AS ts, max(qty) AS qty FROM orders GROUP BY customer))
+        WHERE ts >= ws AND ts < ws + INTERVAL 6 SECOND GROUP BY ALL""",
+    ),
+    # a key and an argument that read the window bounds: folded per window, not per pane
+    "hop_reading_window_columns": (
+        """CREATE MATERIALIZED VIEW v AS
+        SELECT window_start + INTERVAL '1' SECOND AS later, count(*) AS n,
+               max(epoch(window_end) - epoch(ts)) AS most_left
+        FROM HOP(orders, ts, INTERVAL '2 seconds', INTERVAL '5 seconds')
+        GROUP BY window_start + INTERVAL '1' SECOND""",
+        f"""SELECT ws + INTERVAL 1 SECOND, count(*),
+               max(epoch(ws + INTERVAL 5 SECOND) - epoch(ts))
+        FROM {HOP_2S_5S} GROUP BY ALL""",
     ),
     # Top-N per key over an append-only stream keeps only each key's top rows as state
     "topn_per_key": (
@@ -202,6 +255,7 @@ def test_view_equals_batch_query(case, batch_rows, catalog_dsn, tmp_data_dir):
         "per_customer",
         "tumble_eowc",
         "tumble_updating",
+        "hop_panes",
         "global",
         "topn_per_key",
         "distinct_eowc",
@@ -271,3 +325,43 @@ def test_stream_joined_to_a_windowed_aggregate_drops_closed_windows(catalog_dsn,
         engine.close()
     # 30 s of rows at 1 ms; a row lives for its 3 s window, the 2 s watermark delay and a batch
     assert left and left[0] < 10_000, pipeline["state_rows"]
+
+
+@pytest.mark.parametrize(
+    ("query", "in_panes"),
+    [
+        (CASES["hop_panes"][0], True),
+        (CASES["hop_panes_end_eowc"][0], True),
+        (CASES["hop_reading_window_columns"][0], False),
+        # a count(DISTINCT ...) keeps its values per window
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT window_start, count(DISTINCT customer) AS c "
+            "FROM HOP(orders, ts, INTERVAL '2 seconds', INTERVAL '5 seconds') GROUP BY window_start",
+            False,
+        ),
+        # no window bound among the keys: each row counts once per window it is in
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT category, count(*) AS n "
+            "FROM HOP(orders, ts, INTERVAL '2 seconds', INTERVAL '5 seconds') GROUP BY category",
+            False,
+        ),
+        # a day is not always 24 hours long
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT window_start, count(*) AS n "
+            "FROM HOP(orders, ts, INTERVAL '1 hour', INTERVAL '1 day') GROUP BY window_start",
+            False,
+        ),
+    ],
+)
+def test_hop_aggregates_fold_in_panes_only_where_that_is_the_same(
+    query, in_panes, catalog_dsn, tmp_data_dir
+):
+    engine = Engine(Settings(data_dir=tmp_data_dir), catalog_dsn)
+    try:
+        engine.execute_script(f"{SOURCE};")
+        (res,) = engine.execute_script("EXPLAIN " + query)
+    finally:
+        engine.close()
+    plan = "\n".join(r[0] for r in res.rows)
+    assert "WindowAssign HOP" in plan
+    assert ("in panes" in plan) == in_panes, plan

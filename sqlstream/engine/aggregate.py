@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from sqlstream.engine.operator import Operator
 from sqlstream.plan.nodes import Aggregate
+from sqlstream.plan.panes import PANE_PARTIALS
 from sqlstream.state.append_log import AppendLog
 from sqlstream.state.table import StateTable, merge_partial, not_distinct, qi
 
@@ -95,6 +96,8 @@ class AggregateOperator(Operator):
             self.run(f"CREATE OR REPLACE TEMP TABLE __pre AS {spec.pre_sql}", batch)
             rows = "__pre"
         partial_sql = f"SELECT {keys + ', ' if keys else ''}{partials} FROM {rows}{group}"
+        if spec.expand_sql is not None:  # per pane, then per window
+            partial_sql = spec.expand_sql.replace(PANE_PARTIALS, f"({partial_sql})")
         if spec.distincts:
             partial_sql = self._with_distinct_counts(partial_sql)
         if self.partials is not None:

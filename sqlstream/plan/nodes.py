@@ -71,12 +71,36 @@ class Scan(Node):
         return f"Scan {self.relation} ({self.kind}, {wm})"
 
 
+@dataclass(frozen=True)
+class Hop:
+    """A HOP window assignment: its time column (SQL), slide, size and origin (SQL)."""
+
+    time_sql: str
+    slide_sql: str
+    size_sql: str
+    origin_sql: str
+
+    def windows_of(self, t: str) -> str:
+        """SQL: the window starts of time ``t`` (a list; its filter is ``covers``)."""
+        return (
+            f"generate_series(time_bucket({self.slide_sql}, {t} - {self.size_sql}, "
+            f"{self.origin_sql}), time_bucket({self.slide_sql}, {t}, {self.origin_sql}), "
+            f"{self.slide_sql})"
+        )
+
+    def covers(self, start: str, t: str) -> str:
+        """SQL: whether the window starting at ``start`` holds time ``t``."""
+        return f"{start} + {self.size_sql} > {t}"
+
+
 @dataclass(eq=False)
 class Stateless(Node):
     """SQL over ``__in`` (carrying ``__weight`` through when the input retracts)."""
 
     sql: str = ""
     what: str = "Filter/Project"
+    #: set on a HOP window assignment (an aggregate over it may fold in panes)
+    hop: Hop | None = None
 
     def label(self) -> str:
         return f"{self.what} (one DuckDB statement per batch)"
@@ -122,6 +146,9 @@ class Aggregate(Node):
     #: the stateless steps fused into ``pre_sql`` (see :mod:`sqlstream.plan.fuse`)
     fused: str | None = None
     distincts: list[Distinct] = field(default_factory=list)
+    #: folded in panes of a HOP window (:mod:`sqlstream.plan.panes`): the SQL turning a
+    #: batch's per-pane partials into per-window partials
+    expand_sql: str | None = None
 
     @property
     def is_global(self) -> bool:

@@ -53,6 +53,7 @@ from sqlstream.plan.nodes import (
     Aggregate,
     DeltaJoin,
     Distinct,
+    Hop,
     Node,
     QueryPlan,
     Recompute,
@@ -62,6 +63,7 @@ from sqlstream.plan.nodes import (
     TimeColumn,
     Union,
 )
+from sqlstream.plan.panes import expand_sql, pane_assign_sql, pane_width_us
 from sqlstream.plan.scope import D, Rel, compile_expr, q, references
 from sqlstream.state.table import STATE_LAYOUT
 from sqlstream.types import Column, Schema, duckdb_type, from_duckdb
@@ -279,14 +281,15 @@ class Planner:
         if kind == "tumble":
             start = f"time_bucket({size}, {tc}, {origin})"
             sql = f"SELECT *, {start} AS window_start, {start} + {size} AS window_end FROM __in"
+            hop = None
         else:
             slide = args[2].sql(D)
             _positive(slide)
+            hop = Hop(tc, slide, size, origin)
             sql = (
                 "SELECT * EXCLUDE (__ws), __ws AS window_start, __ws + " + size + " AS window_end "
-                f"FROM (SELECT *, unnest(generate_series(time_bucket({slide}, {tc} - {size}, "
-                f"{origin}), time_bucket({slide}, {tc}, {origin}), {slide})) AS __ws FROM __in) "
-                f"WHERE __ws + {size} > {tc}"
+                f"FROM (SELECT *, unnest({hop.windows_of(tc)}) AS __ws FROM __in) "
+                f"WHERE {hop.covers('__ws', tc)}"
             )
         _positive(size)
         node = Stateless(
@@ -301,6 +304,7 @@ class Planner:
             sql=sql,
             what=f"WindowAssign {kind.upper()}({col}, {size}"
             + (f", slide {args[2].sql(D)})" if kind == "hop" else ")"),
+            hop=hop,
         )
         bindings = dict(base.bindings)
         bindings[(alias, "window_start")] = "window_start"
@@ -590,13 +594,52 @@ class Planner:
         self._check_eowc(window_end)
         state_cols = [(k, key_types[k]) for k, _ in keys] + [(a.name, a.duck_type) for a in accs]
         columns = describe(project, {"__st": _empty([], False, state_cols)})
-        return Aggregate(
+        node = Aggregate(
             columns, not self.eowc, [rel.node], times,
             keys=[(k, key_types[k]) for k, _ in keys], accumulators=accs, pre_sql=pre_sql,
             project_sql=project, window_end_sql=window_end if _has_watermark(rel) else None,
             emit_on_window_close=self.eowc, calls=described,
             distincts=list(distinct_by_arg.values()),
         )  # fmt: skip
+        if not distinct_by_arg:
+            self._fold_in_panes(node, rel, keys, calls)
+        return node
+
+    def _fold_in_panes(
+        self,
+        node: Aggregate,
+        rel: Rel,
+        keys: list[tuple[str, exp.Expression]],
+        calls: list[exp.Expression],
+    ) -> None:
+        """Fold an aggregate directly over a HOP window in panes, where that gives the same
+        result (:mod:`sqlstream.plan.panes`): its input becomes the pane assignment."""
+        hop = rel.node.hop if isinstance(rel.node, Stateless) else None
+        if hop is None or pane_width_us(hop) is None:
+            return
+        bounds = {
+            p: t.kind for p, t in rel.node.times.items() if t.kind in ("window_start", "window_end")
+        }
+
+        def reads_window(e: exp.Expression) -> bool:
+            return any(rel.physical(c) in bounds for c in e.find_all(exp.Column))
+
+        window_keys = {}
+        for kname, k in keys:
+            t = self._window_key(rel, k)
+            if t is not None:
+                window_keys[kname] = bounds[rel.physical(k)]
+            elif reads_window(k):
+                return
+        if not window_keys or any(reads_window(c) for c in calls):
+            return
+        assert isinstance(rel.node, Stateless)
+        panes = Stateless(
+            rel.node.columns, rel.node.retracting, rel.node.inputs, dict(rel.node.times),
+            sql=pane_assign_sql(hop), what=f"{rel.node.what} in panes",
+        )  # fmt: skip
+        node.inputs = [panes]
+        node.expand_sql = expand_sql(hop, [k for k, _ in keys], window_keys, node.accumulators)
 
     def _check_eowc(self, window_end: str | None) -> None:
         if self.eowc and window_end is None:
@@ -1039,7 +1082,7 @@ def plan_query(
 
 def _fingerprint_text(node: Node) -> str:
     parts = [type(node).__name__, repr([(c.name, c.type) for c in node.columns])]
-    for attr in ("sql", "pre_sql", "project_sql", "query_sql", "select_sql", "relation"):
+    for attr in ("sql", "pre_sql", "expand_sql", "project_sql", "query_sql", "select_sql", "relation"):
         if hasattr(node, attr):
             parts.append(str(getattr(node, attr)))
     if isinstance(node, Aggregate):
