@@ -54,8 +54,12 @@ class AppendLog:
     def create(self) -> None:
         cols = ", ".join(f"{qi(n)} {t}" for n, t in [(ROW_ID, "BIGINT"), *self.columns])
         self.con.execute(f"CREATE OR REPLACE TABLE {self.table} ({cols})")
-        self.con.execute(f"CREATE OR REPLACE TABLE {self.gone} ({qi(ROW_ID)} BIGINT)")
+        self._clear_gone()
         self.next_row = self.checkpointed = self.live = self.pg_rows = 0
+
+    def _clear_gone(self) -> None:
+        # a new table rather than DELETE FROM (see StateTable._clear_dirty)
+        self.con.execute(f"CREATE OR REPLACE TABLE {self.gone} ({qi(ROW_ID)} BIGINT)")
 
     def append(self, rows: pa.Table) -> None:
         ids = pa.array(np.arange(self.next_row, self.next_row + rows.num_rows, dtype=np.int64))
@@ -116,7 +120,7 @@ class AppendLog:
         if self.checkpointed:
             gone = self.con.sql(f"SELECT * FROM {self.gone} ORDER BY 1").to_arrow_table()
             if gone.num_rows:
-                self.con.execute(f"DELETE FROM {self.gone}")
+                self._clear_gone()
         rows = pa.table({})
         if self.next_row > self.checkpointed:
             rows = self.con.sql(
