@@ -365,3 +365,22 @@ def test_hop_aggregates_fold_in_panes_only_where_that_is_the_same(
     plan = "\n".join(r[0] for r in res.rows)
     assert "WindowAssign HOP" in plan
     assert ("in panes" in plan) == in_panes, plan
+
+
+def test_a_join_stores_only_the_columns_the_query_reads(catalog_dsn, tmp_data_dir):
+    """The stream side of join_stream_to_aggregate is kept as state (every order, until the
+    end): only id, customer and amount, which the query reads, not category, qty or ts."""
+    engine = Engine(Settings(data_dir=tmp_data_dir, batch_rows=5_000), catalog_dsn)
+    try:
+        engine.execute_script(f"{SOURCE}; {CASES['join_stream_to_aggregate'][0]};")
+        run_engine(engine, JobOptions(once=True))
+        (join,) = [op for op in engine.pipelines["v"].operators if "Join" in type(op).__name__]
+        stored = [
+            {n for n, _ in side.columns} - {"__h", "__count", "__k0", "__k1"}
+            for side in join.state_tables
+        ]
+        rows = engine.query("SELECT count(*) AS n FROM v").column("n")[0].as_py()
+    finally:
+        engine.close()
+    assert stored == [{"id", "customer", "amount"}, {"customer", "top"}], stored
+    assert rows > 0

@@ -140,6 +140,10 @@ class Planner:
         self.resolve = resolve
         self.eowc = emit_on_window_close
         self.ctes: dict[str, exp.Expression] = {}
+        #: the columns the query reads anywhere, as (table alias, name), and the names read
+        #: unqualified (see ``_read_only``)
+        self.reads: set[tuple[str, str]] | None = None
+        self.reads_unqualified: set[str] = set()
 
     # -- query expressions ---------------------------------------------------------------
 
@@ -346,6 +350,7 @@ class Planner:
             # a condition on one side of an inner join filters that side before it is joined
             # (and kept as join state)
             left, right, residual = _filter_sides(self, left, right, residual)
+        left, right = self._read_only(left), self._read_only(right)
 
         # Output columns: the left's, then the right's (renamed where a name repeats).
         names = list(left.node.names)
@@ -442,6 +447,33 @@ class Planner:
             query_sql=query,
         )  # fmt: skip
         return Rel(node, bindings)
+
+    def _read_only(self, rel: Rel) -> Rel:
+        """A join side cut to the columns the query reads, so the join stores no others
+        (Nexmark q7 keeps every bid for its window: 4 columns instead of 7, +11 %).
+
+        Deliberately coarse, so that it can only keep too much: a column counts as read if
+        its alias and name are read anywhere in the query, in any scope, or its name is read
+        unqualified."""
+        if self.reads is None:
+            return rel
+        read = {
+            p
+            for (alias, name), p in rel.bindings.items()
+            if (alias, name) in self.reads or name in self.reads_unqualified
+        }
+        keep = [c for c in rel.node.columns if c.name in read] or rel.node.columns[:1]
+        if len(keep) == len(rel.node.columns):
+            return rel
+        kept = {c.name for c in keep}
+        weight = ", __weight" if rel.node.retracting else ""
+        node = Stateless(
+            keep, rel.node.retracting, [rel.node],
+            {c: t for c, t in rel.node.times.items() if c in kept},
+            sql=f"SELECT {', '.join(q(c.name) for c in keep)}{weight} FROM __in",
+            what="Project",
+        )  # fmt: skip
+        return Rel(node, {k: p for k, p in rel.bindings.items() if p in kept})
 
     # -- WHERE, projections --------------------------------------------------------------
 
@@ -1070,7 +1102,12 @@ def plan_query(
     emit_on_window_close: bool = False,
 ) -> QueryPlan:
     """Plan a bound query (columns qualified, ``*`` expanded) for incremental maintenance."""
-    root = Planner(name, resolve, emit_on_window_close).query(rewrite(query))
+    planner = Planner(name, resolve, emit_on_window_close)
+    query = rewrite(query)
+    columns = list(query.find_all(exp.Column))
+    planner.reads = {(c.table, c.name) for c in columns if c.table}
+    planner.reads_unqualified = {c.name for c in columns if not c.table}
+    root = planner.query(query)
     from sqlstream.plan.fuse import fuse
 
     root = fuse(root)
