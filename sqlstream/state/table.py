@@ -172,9 +172,10 @@ class StateTable:
         if not self.keys:
             return "0::SMALLINT"
         parts = ", ".join(f"coalesce({alias}.{qi(k)}::VARCHAR, '\\N')" for k in self.key_names)
-        # md5_number_upper holds the low-order bytes of md5_number, so this is the same
-        # vnode as ``md5_number(...) % 256``, without a 128-bit division per row (3x faster).
-        return f"(md5_number_upper(concat_ws('|', {parts})) % 256)::SMALLINT"
+        # ``md5_number(...) % 256`` as a mask: the same vnode without a 128-bit division per
+        # row. (So was md5_number_upper(...) % 256, but duckdb 2.0.1 takes 4x longer for it
+        # than for md5_number: 146 against 36 ms for 120 k keys.)
+        return f"(md5_number(concat_ws('|', {parts})) & 255)::SMALLINT"
 
     def delta(self) -> Delta:
         """The changes since the last checkpoint; clears the dirty set and records the
