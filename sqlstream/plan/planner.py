@@ -551,6 +551,11 @@ class Planner:
         finals: dict[str, str] = {}
         described: list[str] = []
         distinct_by_arg: dict[str, Distinct] = {}
+        # Calls share what they compute alike: avg(x) and sum(x) one argument column and one
+        # sum and count of it, three FILTERs on the same condition one condition column.
+        args: dict[str, tuple[str, str]] = {}  # argument SQL -> (column, type)
+        conds: dict[str, str] = {}  # FILTER SQL -> column
+        by_partial: dict[tuple[str, str, str], str] = {}  # (partial, type, combine) -> name
         for call in calls:
             text = call.sql(D)
             if text in finals:
@@ -560,13 +565,20 @@ class Planner:
             arg = arg_type = cond_col = None
             arg_expr = distinct_args(inner)[0] if is_distinct(inner) else inner.this
             if not isinstance(arg_expr, exp.Star) and arg_expr is not None:
-                arg = f"__a{i}"
                 arg_sql = compile_expr(arg_expr, rel)
-                pre_cols.append(f"{arg_sql} AS {arg}")
-                arg_type = _duck_types(f"SELECT {arg_sql} AS t FROM __in", empty_in)["t"]
+                if arg_sql not in args:
+                    args[arg_sql] = (
+                        f"__a{i}",
+                        _duck_types(f"SELECT {arg_sql} AS t FROM __in", empty_in)["t"],
+                    )
+                    pre_cols.append(f"{arg_sql} AS __a{i}")
+                arg, arg_type = args[arg_sql]
             if cond is not None:
-                cond_col = f"__c{i}"
-                pre_cols.append(f"{compile_expr(cond, rel)} AS {cond_col}")
+                cond_sql = compile_expr(cond, rel)
+                if cond_sql not in conds:
+                    conds[cond_sql] = f"__c{i}"
+                    pre_cols.append(f"{cond_sql} AS __c{i}")
+                cond_col = conds[cond_sql]
             if is_distinct(inner):
                 # one value table per argument, whatever the FILTERs
                 assert arg is not None and arg_type is not None
@@ -580,7 +592,12 @@ class Planner:
                 described.append(_plain(call))
                 continue
             new, final = accumulators(inner, i, arg, cond_col, arg_type, weighted=weighted)
-            accs += new
+            for a in new:
+                same = by_partial.setdefault((a.partial_sql, a.duck_type, a.combine), a.name)
+                if same == a.name:
+                    accs.append(a)
+                else:  # names are "_<kind><call index>", unique as quoted identifiers
+                    final = final.replace(q(a.name), q(same))
             finals[text] = final
             described.append(_plain(call))
         if weighted:
