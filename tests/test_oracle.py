@@ -130,6 +130,26 @@ CASES = {
             FROM (SELECT customer, max(ts) AS ts, max(qty) AS qty FROM orders GROUP BY customer))
         WHERE ts >= ws AND ts < ws + INTERVAL 6 SECOND GROUP BY ALL""",
     ),
+    # as Nexmark q5: the same HOP count twice, keys in another order, outputs named
+    # otherwise: the second projects the first's state
+    "shared_hop_count": (
+        """CREATE MATERIALIZED VIEW v AS
+        SELECT c.customer, c.n, c.ws FROM (
+            SELECT customer, count(*) AS n, window_start AS ws
+            FROM HOP(orders, ts, INTERVAL '2 seconds', INTERVAL '6 seconds')
+            GROUP BY window_start, customer) c
+        JOIN (
+            SELECT max(n2) AS top, ws2 FROM (
+                SELECT count(*) AS n2, window_start AS ws2
+                FROM HOP(orders, ts, INTERVAL '2 seconds', INTERVAL '6 seconds')
+                GROUP BY customer, window_start) x
+            GROUP BY ws2) m
+        ON c.ws = m.ws2 AND c.n >= m.top""",
+        f"""WITH c AS (SELECT customer, ws, count(*) AS n FROM {HOP_2S_5S.replace("5 SECOND", "6 SECOND")}
+                   GROUP BY ALL)
+        SELECT c.customer, c.n, c.ws FROM c
+        JOIN (SELECT ws, max(n) AS top FROM c GROUP BY ws) m ON c.ws = m.ws AND c.n >= m.top""",
+    ),
     # a key and an argument that read the window bounds: folded per window, not per pane
     "hop_reading_window_columns": (
         """CREATE MATERIALIZED VIEW v AS
@@ -270,6 +290,7 @@ def test_view_equals_batch_query(case, batch_rows, catalog_dsn, tmp_data_dir):
         "tumble_eowc",
         "tumble_updating",
         "hop_panes",
+        "shared_hop_count",
         "global",
         "topn_per_key",
         "distinct_eowc",
@@ -411,3 +432,30 @@ def test_calls_share_their_accumulators(catalog_dsn, tmp_data_dir):
         engine.close()
     assert "[state: 9 accumulators per group" in res.rows[-2][0], res.rows
     assert "__c" not in res.rows[-2][0]
+
+
+def test_an_aggregate_computed_twice_keeps_one_state(catalog_dsn, tmp_data_dir):
+    """shared_hop_count: the second HOP count projects the first's state (EXPLAIN says so,
+    and it has no state tables); counts with other accumulators are not shared."""
+    engine = Engine(Settings(data_dir=tmp_data_dir, batch_rows=5_000), catalog_dsn)
+    try:
+        engine.execute_script(f"{SOURCE}; {CASES['shared_hop_count'][0]};")
+        (res,) = engine.execute_script(
+            "EXPLAIN " + CASES["shared_hop_count"][0].replace("view v", "view e")
+        )
+        (other,) = engine.execute_script(
+            "EXPLAIN "
+            + CASES["shared_hop_count"][0]
+            .replace("view v", "view e")
+            .replace("count(*) AS n2", "count(qty) AS n2")
+        )
+        run_engine(engine, JobOptions(once=True))
+        aggregates = [
+            op for op in engine.pipelines["v"].operators if type(op).__name__ == "AggregateOperator"
+        ]
+    finally:
+        engine.close()
+    plan = "\n".join(r[0] for r in res.rows)
+    assert plan.count("shared with the same aggregate above") == 1, plan
+    assert "shared with" not in "\n".join(r[0] for r in other.rows)
+    assert [len(op.state_tables) for op in aggregates] == [1, 0]

@@ -54,9 +54,20 @@ class AggregateOperator(Operator):
             )
             for i, d in enumerate(node.distincts)
         ]
+        #: the aggregate whose state this one projects (:mod:`sqlstream.plan.share`)
+        self.leader: AggregateOperator | None = None
+        #: for followers: the last batch merged, and the touched groups before and after
+        self.merged: tuple[pa.Table, pa.Table, pa.Table] | None = None
+        self.followers = 0
+
+    def follow(self, leader: AggregateOperator) -> None:
+        self.leader = leader
+        leader.followers += 1
 
     @property
     def state_tables(self) -> list[StateTable | AppendLog]:
+        if self.leader is not None:
+            return []
         main: StateTable | AppendLog = self.partials if self.partials is not None else self.state
         return [main, *self.values]
 
@@ -85,6 +96,8 @@ class AggregateOperator(Operator):
         return self.con.sql(sql).to_arrow_table()
 
     def process(self, port: int, batch: pa.Table) -> pa.Table | None:
+        if self.leader is not None:
+            return self._project_leader(batch)
         spec = self.node
         keys = ", ".join(qi(k) for k, _ in spec.keys)
         partials = ", ".join(
@@ -116,11 +129,36 @@ class AggregateOperator(Operator):
             self.con.unregister("__in")
         if spec.emit_on_window_close:
             return None
+        if self.followers:
+            self.merged = (
+                batch,
+                self.con.sql(f"SELECT * FROM {old}").to_arrow_table(),
+                self.con.sql(f"SELECT * FROM {new}").to_arrow_table(),
+            )
+        return self._changes(old, new)
+
+    def _changes(self, old: str, new: str) -> pa.Table | None:
+        """The output's change from the touched groups' state rows before and after."""
         before = self._rows_of(old, -1)
         after = self._rows_of(new, +1)
         if not before.num_rows and not after.num_rows:
             return None
         return pa.concat_tables([before, after.cast(before.schema)])
+
+    def _project_leader(self, batch: pa.Table) -> pa.Table | None:
+        """A follower's change: the leader's merge of this same batch, projected."""
+        assert self.leader is not None and self.leader.merged is not None
+        merged, old, new = self.leader.merged
+        # the same batch object reaches both over the same scan (the pipeline feeds them in
+        # build order, the leader first)
+        assert merged is batch, "a shared aggregate saw a batch its leader did not merge"
+        self.con.register("__old_shared", old)
+        self.con.register("__new_shared", new)
+        try:
+            return self._changes("__old_shared", "__new_shared")
+        finally:
+            self.con.unregister("__old_shared")
+            self.con.unregister("__new_shared")
 
     def _with_distinct_counts(self, partial_sql: str) -> str:
         """Merge the batch (``__pre``) into each value table; the partials, each distinct
@@ -163,7 +201,7 @@ class AggregateOperator(Operator):
     def on_watermark(self, watermark_us: int) -> pa.Table | None:
         """Close windows ending at or before the watermark: emit (EOWC) and drop their state."""
         end = self.node.window_end_sql
-        if end is None:
+        if end is None or self.leader is not None:  # a follower's leader drops the state
             return None
         closed = f"epoch_us({end}) <= {watermark_us}"
         for table in self.values:

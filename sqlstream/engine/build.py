@@ -42,11 +42,17 @@ def operator_id(obj: str, role: str, n: int) -> str:
 def build(con: duckdb.DuckDBPyConnection, obj: str, root: Node) -> tuple[Operator, list[Operator]]:
     """The operator tree of a plan; returns (root, all operators bottom-up)."""
     order: list[Operator] = []
+    built: dict[int, Operator] = {}
 
     def make(node: Node) -> Operator:
         children = [make(i) for i in node.inputs]
         cls, role = _OPERATORS[type(node)]
         op = cls(con, node, operator_id(obj, role, len(order)))
+        built[id(node)] = op
+        if isinstance(node, Aggregate) and node.leader is not None:
+            leader = built[id(node.leader)]
+            assert isinstance(op, AggregateOperator) and isinstance(leader, AggregateOperator)
+            op.follow(leader)
         op.children = children
         for port, child in enumerate(children):
             child.parent = op

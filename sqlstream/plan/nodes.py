@@ -149,6 +149,10 @@ class Aggregate(Node):
     #: folded in panes of a HOP window (:mod:`sqlstream.plan.panes`): the SQL turning a
     #: batch's per-pane partials into per-window partials
     expand_sql: str | None = None
+    #: what makes two aggregates the same fold (input, keys, accumulators, window bound)
+    share_key: str | None = None
+    #: the earlier aggregate whose state this one projects (:mod:`sqlstream.plan.share`)
+    leader: Aggregate | None = None
 
     @property
     def is_global(self) -> bool:
@@ -163,6 +167,8 @@ class Aggregate(Node):
         if self.window_end_sql:
             state += ", dropped when the watermark passes the window end"
         fused = f" over {self.fused}" if self.fused else ""
+        if self.leader is not None:
+            state = "state: shared with the same aggregate above (computed once)"
         return (
             f"Aggregate keys=[{keys}] calls=[{', '.join(self.calls)}] emit={emit}{fused} [{state}]"
         )

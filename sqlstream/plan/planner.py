@@ -65,6 +65,7 @@ from sqlstream.plan.nodes import (
 )
 from sqlstream.plan.panes import expand_sql, pane_assign_sql, pane_width_us
 from sqlstream.plan.scope import D, Rel, compile_expr, q, references
+from sqlstream.plan.share import share_aggregates
 from sqlstream.state.table import STATE_LAYOUT
 from sqlstream.types import Column, Schema, duckdb_type, from_duckdb
 
@@ -652,6 +653,15 @@ class Planner:
         )  # fmt: skip
         if not distinct_by_arg:
             self._fold_in_panes(node, rel, keys, calls)
+        node.share_key = "\n".join(
+            [
+                _fingerprint_text(node.inputs[0]),
+                *sorted(f"{k} {key_types[k]} {compile_expr(e, rel)}" for k, e in keys),
+                *sorted(pre_cols),
+                *(f"{a.name} {a.duck_type} {a.partial_sql} {a.merge_sql}" for a in accs),
+                str(node.window_end_sql),
+            ]
+        )
         return node
 
     def _fold_in_panes(
@@ -1128,6 +1138,7 @@ def plan_query(
     from sqlstream.plan.fuse import fuse
 
     root = fuse(root)
+    share_aggregates(root)
     plan = QueryPlan(name, root)
     text = f"state layout {STATE_LAYOUT}\n{_fingerprint_text(root)}"
     plan.fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -1141,4 +1152,6 @@ def _fingerprint_text(node: Node) -> str:
             parts.append(str(getattr(node, attr)))
     if isinstance(node, Aggregate):
         parts += [f"{a.name}:{a.duck_type}:{a.partial_sql}" for a in node.accumulators]
+        if node.leader is not None:
+            parts.append("state of an aggregate above")
     return "\n".join(parts + [_fingerprint_text(i) for i in node.inputs])
