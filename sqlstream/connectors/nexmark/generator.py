@@ -44,6 +44,14 @@ def _below_lo(h: np.ndarray, n: np.ndarray | int) -> np.ndarray:
     return (((h & _LOW32) * np.asarray(n, dtype=np.uint64)) >> 32).view(np.int64)
 
 
+def _nonzero_below_lo(h: np.ndarray, n: int) -> np.ndarray:
+    """``_below_lo(h, n) > 0`` for a scalar n, in two passes: floor(x * n / 2**32) > 0
+    exactly when x >= ceil(2**32 / n)."""
+    if n <= 0:
+        return np.zeros(len(h), dtype=bool)
+    return (h & _LOW32) >= np.uint64(-(-(1 << 32) // n))
+
+
 def _unit(h: np.ndarray) -> np.ndarray:
     """Floats in [0, 1) from the top 53 bits."""
     return (h >> 11).astype(np.float64) * (1.0 / (1 << 53))
@@ -147,6 +155,25 @@ def events_of_type(ordinals: np.ndarray, table: str, cfg: NexmarkConfig) -> np.n
     return q
 
 
+def events_of_type_range(k0: int, k1: int, table: str, cfg: NexmarkConfig) -> np.ndarray:
+    """``events_of_type(np.arange(k0, k1))``, built block by block (one pass instead of a
+    division and its remainder per event).
+
+    >>> cfg = NexmarkConfig()
+    >>> bool((events_of_type_range(40, 200, "bid", cfg)
+    ...       == events_of_type(np.arange(40, 200), "bid", cfg)).all())
+    True
+    """
+    lo, hi = cfg.type_range(table)
+    c = hi - lo
+    if k1 <= k0:
+        return np.empty(0, dtype=np.int64)
+    b0, b1 = k0 // c, (k1 - 1) // c + 1
+    starts = np.arange(b0, b1, dtype=np.int64) * cfg.denominator + lo
+    ev = np.add.outer(starts, np.arange(c, dtype=np.int64)).ravel()
+    return ev[k0 - b0 * c : k1 - b0 * c]
+
+
 def last_base0_person(ev: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
     """Base-0 id of the last person created at or before event ``ev``."""
     d, p = cfg.denominator, cfg.person_proportion
@@ -163,25 +190,10 @@ def last_base0_auction(ev: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
     return epoch * a + local
 
 
-def _next_base0_person(last: np.ndarray, h: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
-    """A recent (active) person, up to ``person_id_lead`` ids beyond the ``last`` one."""
-    num = last + 1
-    active = np.minimum(num, cfg.active_people)
-    return num - active + _below_hi(h, active + cfg.person_id_lead)
 
 
-def _next_base0_auction(last: np.ndarray, h: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
-    """An in-flight auction, up to ``auction_id_lead`` ids beyond the ``last`` one."""
-    min_a = np.maximum(last - cfg.in_flight_auctions, 0)
-    return min_a + _below_hi(h, np.maximum(last - min_a + 1 + cfg.auction_id_lead, 1))
 
 
-def _bid_blocks(ev: np.ndarray, cfg: NexmarkConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(last person, last auction) before bids ``ev``: a block's bids come after its person
-    and auctions, so both are the block's last (one division instead of two divmods)."""
-    epoch = ev // cfg.denominator
-    p, a = cfg.person_proportion, cfg.auction_proportion
-    return epoch * p + (p - 1), epoch * a + (a - 1)
 
 
 def event_time_us(ev: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
@@ -196,7 +208,9 @@ def event_time_us(ev: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
 
 def _price(h: np.ndarray) -> np.ndarray:
     """Log-uniform prices in cents over [100, 10**8]: round(10**(6u) * 100)."""
-    return np.rint(np.power(10.0, _unit(h) * 6.0) * 100.0).astype(np.int64)
+    # 10**x as e**(x ln 10): numpy's exp is vectorised, its power is not (2-3x faster;
+    # the same prices over 2 M draws)
+    return np.rint(np.exp(_unit(h) * (6.0 * np.log(10.0))) * 100.0).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,11 +380,11 @@ def generate(
         # the rows from the start of the first one's string block (see block_strings)
         k0 = first or 0
         k_lo = k0 // STRING_BLOCK * STRING_BLOCK
-        lead = events_of_type(np.arange(k_lo, k0, dtype=np.int64), table, cfg)
+        lead = events_of_type_range(k_lo, k0, table, cfg)
         out = _columns(table, np.concatenate([lead, ev]), want, cfg, keys, k_lo)
         return {c: out[c].slice(k0 - k_lo) for c in columns}
     k_lo = k_min // STRING_BLOCK * STRING_BLOCK
-    rows = events_of_type(np.arange(k_lo, k_max + 1, dtype=np.int64), table, cfg)
+    rows = events_of_type_range(k_lo, k_max + 1, table, cfg)
     out = _columns(table, rows, want, cfg, keys, k_lo)
     pick = pa.array(k - k_lo)
     return {c: out[c].take(pick) for c in columns}
@@ -464,11 +478,13 @@ def _auction(
         out["expires"] = _ts(event_time_us(ev, cfg) + length)
     if "seller" in want:
         h = _hash(ev, keys("auction.seller"))
-        hot = _below_lo(h, cfg.hot_seller_ratio) > 0
         last = last_base0_person(ev, cfg)
-        hot_id = (last // HOT_SELLER_GROUP) * HOT_SELLER_GROUP
-        seller = np.where(hot, hot_id, _next_base0_person(last, h, cfg))
-        out["seller"] = _i64(seller + cfg.first_person_id)
+        seller = _recent(last, h, cfg.active_people, cfg.person_id_lead)
+        hot_id = last // HOT_SELLER_GROUP
+        hot_id *= HOT_SELLER_GROUP
+        _choose(seller, hot_id, _nonzero_below_lo(h, cfg.hot_seller_ratio))
+        seller += cfg.first_person_id
+        out["seller"] = _i64(seller)
     if "category" in want:
         cat = _below_hi(_hash(ev, keys("auction.category")), cfg.num_categories)
         out["category"] = _i64(cat + cfg.first_category_id)
@@ -477,25 +493,56 @@ def _auction(
         out["extra"] = _extra(_hash(ev, k), size, cfg.avg_auction_byte_size, k_lo, k)
 
 
+def _recent(last: np.ndarray, h: np.ndarray, window: int, lead: int) -> np.ndarray:
+    """A recent id (base 0): uniform over the ``window`` ids up to ``last`` (fewer while
+    there are fewer) and the ``lead`` ids after it. Active people (window
+    ``active_people``) and in-flight auctions (``in_flight_auctions + 1``, with the last);
+    ``last`` >= 0."""
+    m = np.minimum(last, window - 1)
+    pick = m + (1 + lead)
+    pick *= (h >> 32).view(np.int64)
+    pick >>= 32
+    pick += last
+    pick -= m
+    return pick
+
+
+def _choose(value: np.ndarray, other: np.ndarray, mask: np.ndarray) -> None:
+    """``value = np.where(mask, other, value)`` in place, as arithmetic (``other`` is
+    overwritten): 2.4 against 3.7 ns a row for np.where and 6.1 for a masked copyto."""
+    other -= value
+    other *= mask
+    value += other
+
+
 def _bid(
     ev: np.ndarray, want: set[str], cfg: NexmarkConfig, keys: _Keys, out: dict, k_lo: int
 ) -> None:
+    epoch = ev // cfg.denominator if {"auction", "bidder"} & want else ev
     if "auction" in want:
         h = _hash(ev, keys("bid.auction"))
-        hot = _below_lo(h, cfg.hot_auction_ratio) > 0
-        last = _bid_blocks(ev, cfg)[1]
-        hot_id = (last // HOT_AUCTION_GROUP) * HOT_AUCTION_GROUP
-        out["auction"] = _i64(
-            np.where(hot, hot_id, _next_base0_auction(last, h, cfg)) + cfg.first_auction_id
-        )
+        a = cfg.auction_proportion
+        last = epoch * a
+        last += a - 1  # a block's bids come after its auctions
+        # in flight: the last in_flight_auctions + 1 (min_a = last - in_flight on)
+        value = _recent(last, h, cfg.in_flight_auctions + 1, cfg.auction_id_lead)
+        hot_id = last // HOT_AUCTION_GROUP
+        hot_id *= HOT_AUCTION_GROUP
+        _choose(value, hot_id, _nonzero_below_lo(h, cfg.hot_auction_ratio))
+        value += cfg.first_auction_id
+        out["auction"] = _i64(value)
     if "bidder" in want:
         h = _hash(ev, keys("bid.bidder"))
-        hot = _below_lo(h, cfg.hot_bidder_ratio) > 0
-        last = _bid_blocks(ev, cfg)[0]
-        hot_id = (last // HOT_BIDDER_GROUP) * HOT_BIDDER_GROUP + 1
-        out["bidder"] = _i64(
-            np.where(hot, hot_id, _next_base0_person(last, h, cfg)) + cfg.first_person_id
-        )
+        p = cfg.person_proportion
+        last = epoch * p
+        last += p - 1
+        value = _recent(last, h, cfg.active_people, cfg.person_id_lead)
+        hot_id = last // HOT_BIDDER_GROUP
+        hot_id *= HOT_BIDDER_GROUP
+        hot_id += 1
+        _choose(value, hot_id, _nonzero_below_lo(h, cfg.hot_bidder_ratio))
+        value += cfg.first_person_id
+        out["bidder"] = _i64(value)
     if "price" in want:
         out["price"] = _i64(_price(_hash(ev, keys("bid.price"))))
     if "channel" in want or "url" in want:

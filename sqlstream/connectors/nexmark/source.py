@@ -35,6 +35,7 @@ from sqlstream.connectors.nexmark.generator import (
     _Keys,
     count_of_type_below,
     events_of_type,
+    events_of_type_range,
     generate,
 )
 from sqlstream.connectors.options import OptionSpec
@@ -243,7 +244,7 @@ class NexmarkSource(Source):
         last = int(events_of_type(np.array([k0 + max(1, max_rows) - 1]), table, cfg)[0])
         g_end = min(last + 1, limit)
         k1 = count_of_type_below(g_end, table, cfg)
-        ev = events_of_type(np.arange(k0, k1, dtype=np.int64), table, cfg)
+        ev = events_of_type_range(k0, k1, table, cfg)
         first: int | None = k0
         if any(nxt[p] != _first_at_or_after(p, n, g) for p in range(n)):
             # partitions at different positions (offsets from elsewhere): keep only the events
