@@ -309,6 +309,8 @@ def _channel_table() -> tuple[pa.Array, pa.Array]:
 
 
 _CHANNELS: tuple[pa.Array, pa.Array] | None = None
+#: columns generated dictionary-encoded (int32 indices into a fixed table of strings)
+DICTIONARY_COLUMNS = {"bid": ("channel", "url")}
 
 
 def _channels() -> tuple[pa.Array, pa.Array]:
@@ -551,11 +553,11 @@ def _bid(
         k = len(HOT_CHANNELS)
         pick = np.where(hot, _below_hi(h, k), k + _below_hi(h, CHANNELS))
         names, urls = _channels()
-        idx = pa.array(pick)
+        idx = pa.array(pick.astype(np.int32))
         if "channel" in want:
-            out["channel"] = names.take(idx)
+            out["channel"] = pa.DictionaryArray.from_arrays(idx, names)
         if "url" in want:
-            out["url"] = urls.take(idx)
+            out["url"] = pa.DictionaryArray.from_arrays(idx, urls)
     if "extra" in want:
         # Beam counts four 8-byte fields as the bid's size before padding
         size = np.full(len(ev), 32, dtype=np.int64)

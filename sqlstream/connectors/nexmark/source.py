@@ -31,6 +31,7 @@ import pyarrow as pa
 from sqlstream.connectors.base import ConnectorContext, Format, Source, SourceBatch
 from sqlstream.connectors.nexmark.generator import (
     COLUMNS,
+    DICTIONARY_COLUMNS,
     NexmarkConfig,
     _Keys,
     count_of_type_below,
@@ -187,6 +188,15 @@ class NexmarkSource(Source):
                 self._casts[name] = arrow_type(col.type)
             self._columns.append(name)
         self._arrow_schema = arrow_schema(schema)
+        # channel and url pick one of 10,004 strings: handed over dictionary-encoded, an index
+        # per bid instead of a copy of its string (url: 1 against 46 ns); DuckDB reads them
+        # as VARCHAR and puts out plain strings
+        for i, name in enumerate(self._columns):
+            if name in DICTIONARY_COLUMNS.get(self._table, ()) and name not in self._casts:
+                field = self._arrow_schema.field(i)
+                self._arrow_schema = self._arrow_schema.set(
+                    i, field.with_type(pa.dictionary(pa.int32(), pa.string()))
+                )
         self._wanted = list(self._columns)
 
         self._next = list(range(self._n))  # per partition: next event number it owns
