@@ -170,6 +170,21 @@ CASES = {
         """SELECT customer, id, amount, row_number() OVER (
             PARTITION BY customer ORDER BY amount DESC, id) AS rn FROM orders QUALIFY rn <= 3""",
     ),
+    # peers (the same qty) rank in arrival order, which is id order here, not by the other
+    # columns (amount comes first in the subquery)
+    "topn_ties_in_arrival_order": (
+        """CREATE MATERIALIZED VIEW v AS SELECT category, id, qty FROM (
+            SELECT category, id, qty, row_number() OVER (PARTITION BY category ORDER BY qty) AS rn
+            FROM (SELECT category, amount, qty, id FROM orders) o) t
+        WHERE rn <= 3""",
+        """SELECT category, id, qty FROM orders
+        QUALIFY row_number() OVER (PARTITION BY category ORDER BY qty, id) <= 3""",
+    ),
+    "limit_ties_in_arrival_order": (
+        "CREATE MATERIALIZED VIEW v AS SELECT id, qty FROM "
+        "(SELECT amount, qty, id FROM orders) o ORDER BY qty DESC LIMIT 4",
+        "SELECT id, qty FROM orders ORDER BY qty DESC, id LIMIT 4",
+    ),
     # the rows above the offset stay in state: a later, lower row must not move up past them
     "topn_offset_stream": (
         "CREATE MATERIALIZED VIEW v AS SELECT id, amount FROM orders "

