@@ -181,9 +181,9 @@ CASES = {
         QUALIFY row_number() OVER (PARTITION BY category ORDER BY qty, id) <= 3""",
     ),
     "limit_ties_in_arrival_order": (
-        "CREATE MATERIALIZED VIEW v AS SELECT id, qty FROM "
-        "(SELECT amount, qty, id FROM orders) o ORDER BY qty DESC LIMIT 4",
-        "SELECT id, qty FROM orders ORDER BY qty DESC, id LIMIT 4",
+        "CREATE MATERIALIZED VIEW v AS SELECT amount, id, qty FROM orders "
+        "ORDER BY qty DESC LIMIT 4",
+        "SELECT amount, id, qty FROM orders ORDER BY qty DESC, id LIMIT 4",
     ),
     # the rows above the offset stay in state: a later, lower row must not move up past them
     "topn_offset_stream": (
