@@ -150,6 +150,25 @@ CASES = {
         SELECT c.customer, c.n, c.ws FROM c
         JOIN (SELECT ws, max(n) AS top FROM c GROUP BY ws) m ON c.ws = m.ws AND c.n >= m.top""",
     ),
+    # HOP over a view with a window bound of its own (ws): ws is a plain column of each row
+    # here, kept per pane, not replaced by the HOP's window
+    "hop_over_a_windowed_view": (
+        """CREATE MATERIALIZED VIEW tw AS
+        SELECT window_start AS ws, max(ts) AS ts, count(*) AS c
+        FROM TUMBLE(orders, ts, INTERVAL '3 seconds') GROUP BY window_start;
+        CREATE MATERIALIZED VIEW v AS
+        SELECT h.window_start AS w, h.ws, sum(h.c) AS s
+        FROM HOP(tw, ts, INTERVAL '2 seconds', INTERVAL '5 seconds') h
+        GROUP BY h.window_start, h.ws""",
+        """WITH tw AS (
+            SELECT time_bucket(INTERVAL 3 SECOND, ts, TIMESTAMP '1970-01-01') AS ws,
+                   max(ts) AS ts, count(*) AS c FROM orders GROUP BY 1)
+        SELECT w, ws, sum(c) FROM (
+            SELECT *, unnest(generate_series(
+                time_bucket(INTERVAL 2 SECOND, ts - INTERVAL 5 SECOND, TIMESTAMP '1970-01-01'),
+                time_bucket(INTERVAL 2 SECOND, ts, TIMESTAMP '1970-01-01'), INTERVAL 2 SECOND)) AS w
+            FROM tw) WHERE ts >= w AND ts < w + INTERVAL 5 SECOND GROUP BY ALL""",
+    ),
     # a key and an argument that read the window bounds: folded per window, not per pane
     "hop_reading_window_columns": (
         """CREATE MATERIALIZED VIEW v AS

@@ -676,18 +676,18 @@ class Planner:
         hop = rel.node.hop if isinstance(rel.node, Stateless) else None
         if hop is None or pane_width_us(hop) is None:
             return
-        bounds = {
-            p: t.kind for p, t in rel.node.times.items() if t.kind in ("window_start", "window_end")
-        }
+        # the bounds this HOP adds (its last two columns), not window bounds of the relation
+        # it reads (a view's window_start is a plain column of each row here)
+        start, end = (c.name for c in rel.node.columns[-2:])
+        bounds = {start: "window_start", end: "window_end"}
 
         def reads_window(e: exp.Expression) -> bool:
             return any(rel.physical(c) in bounds for c in e.find_all(exp.Column))
 
         window_keys = {}
         for kname, k in keys:
-            t = self._window_key(rel, k)
-            if t is not None:
-                window_keys[kname] = bounds[rel.physical(k)]
+            if isinstance(k, exp.Column) and rel.physical(k) in bounds:
+                window_keys[kname] = bounds[rel.physical(k)]  # type: ignore[index]
             elif reads_window(k):
                 return
         if not window_keys or any(reads_window(c) for c in calls):
