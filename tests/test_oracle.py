@@ -493,3 +493,22 @@ def test_an_aggregate_computed_twice_keeps_one_state(catalog_dsn, tmp_data_dir):
     assert plan.count("shared with the same aggregate above") == 1, plan
     assert "shared with" not in "\n".join(r[0] for r in other.rows)
     assert [len(op.state_tables) for op in aggregates] == [1, 0]
+
+
+def test_top_n_reads_the_rank_it_kept_rows_by(catalog_dsn, tmp_data_dir):
+    """topn_per_key: the row_number that decides which rows stay is the query's own, so the
+    query over the kept rows reads it (``rank_sql``) instead of ranking them again; with
+    row_number there is nothing else to compute it from, so the oracle cases above check
+    the values."""
+    engine = Engine(Settings(data_dir=tmp_data_dir), catalog_dsn)
+    try:
+        engine.execute_script(f"{SOURCE}; {CASES['topn_per_key'][0]};")
+        nodes, todo = [], [engine.pipelines["v"].plan.root]
+        while todo:
+            n = todo.pop()
+            nodes.append(n)
+            todo += n.inputs
+    finally:
+        engine.close()
+    (top,) = [n for n in nodes if type(n).__name__ == "Recompute"]
+    assert top.rank_sql and top.rank_sql.startswith("ROW_NUMBER()"), top.rank_sql

@@ -22,6 +22,7 @@ Stateful nodes come in three kinds:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from sqlstream.types import Column
@@ -174,6 +175,12 @@ class Aggregate(Node):
         )
 
 
+def rank_pattern(rank_sql: str) -> re.Pattern[str]:
+    """Where a ranking expression is used in a query: whole, not as the tail of another
+    (``RANK() OVER (...)`` inside ``DENSE_RANK() OVER (...)``)."""
+    return re.compile(r"(?<![\w.])" + re.escape(rank_sql))
+
+
 @dataclass(eq=False)
 class Recompute(Node):
     """Keyed recomputation (see the module docstring).
@@ -202,6 +209,10 @@ class Recompute(Node):
     #: among the kept rows are its ranks among all, and the query over the kept rows alone
     #: is the query over all of them
     top_only: bool = False
+    #: ``keep_sql`` is ``rank_sql <= n`` and ``rank_sql`` appears in ``query_sql``: the rank
+    #: computed to decide what to keep is the query's, and the query over the kept rows
+    #: reads it as a column (``RANK_COLUMN``) instead of ranking them again
+    rank_sql: str | None = None
 
     def label(self) -> str:
         keys = len(self.key_types)

@@ -62,6 +62,7 @@ from sqlstream.plan.nodes import (
     TemporalJoin,
     TimeColumn,
     Union,
+    rank_pattern,
 )
 from sqlstream.plan.panes import expand_sql, pane_assign_sql, pane_width_us
 from sqlstream.plan.scope import D, Rel, compile_expr, q, references
@@ -819,14 +820,16 @@ class Planner:
         if not (isinstance(node, Recompute) and node.what.startswith("Over")):
             return None
         filtered = f"SELECT * FROM ({node.query_sql}) AS __in WHERE {compile_expr(cond, rel)}"
-        keep = None
+        keep = rank = None
         bound = _rank_bound(cond, rel)
         if bound and bound[0] in node.ranking_sql and not node.inputs[0].retracting:
-            keep = f"{node.ranking_sql[bound[0]]} <= {bound[1]}"
+            rank = node.ranking_sql[bound[0]]
+            keep = f"{rank} <= {bound[1]}"
         new = Recompute(
             node.columns, True, node.inputs, {}, what="TopN (row_number filter)",
             key_sql=node.key_sql, key_types=node.key_types, query_sql=filtered, keep_sql=keep,
             top_only=keep is not None,
+            rank_sql=rank if rank and rank_pattern(rank).search(filtered) else None,
         )  # fmt: skip
         return Rel(new, rel.bindings)
 
