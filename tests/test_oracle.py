@@ -271,6 +271,14 @@ CASES = {
               FROM orders GROUP BY 2) m ON o.qty = m.top
         WHERE o.ts BETWEEN m.window_end - INTERVAL '3 seconds' AND m.window_end""",
     ),
+    # a plain selection of columns (renamed) over a retracting view: done on the Arrow batch,
+    # weights carried along
+    "plain_columns_of_a_retracting_view": (
+        """CREATE MATERIALIZED VIEW per AS
+        SELECT customer, count(*) AS n, max(qty) AS top FROM orders GROUP BY customer;
+        CREATE MATERIALIZED VIEW v AS SELECT top AS most, customer AS who FROM per""",
+        "SELECT max(qty), customer FROM orders GROUP BY customer",
+    ),
     "stateless": (
         "CREATE MATERIALIZED VIEW v AS SELECT id, amount * qty AS value FROM orders "
         "WHERE qty > 7 AND category IN ('a', 'b')",
@@ -512,3 +520,19 @@ def test_top_n_reads_the_rank_it_kept_rows_by(catalog_dsn, tmp_data_dir):
         engine.close()
     (top,) = [n for n in nodes if type(n).__name__ == "Recompute"]
     assert top.rank_sql and top.rank_sql.startswith("ROW_NUMBER()"), top.rank_sql
+
+
+def test_a_plain_projection_selects_columns_without_duckdb(catalog_dsn, tmp_data_dir):
+    engine = Engine(Settings(data_dir=tmp_data_dir), catalog_dsn)
+    try:
+        engine.execute_script(f"{SOURCE};")
+        (plain,) = engine.execute_script(
+            "EXPLAIN CREATE MATERIALIZED VIEW e AS SELECT qty AS q, id FROM orders"
+        )
+        (computed,) = engine.execute_script(
+            "EXPLAIN CREATE MATERIALIZED VIEW e AS SELECT qty + 1 AS q, id FROM orders"
+        )
+    finally:
+        engine.close()
+    assert "columns selected from the batch" in plain.rows[1][0], plain.rows
+    assert "one DuckDB statement" in computed.rows[1][0], computed.rows

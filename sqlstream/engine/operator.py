@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import duckdb
 import pyarrow as pa
 
+from sqlstream.connectors.base import WEIGHT
+
 if TYPE_CHECKING:
     from sqlstream.plan.nodes import Node
     from sqlstream.state.append_log import AppendLog
@@ -81,4 +83,13 @@ class StatelessOperator(Operator):
     """Fused filter/project/window assignment: one DuckDB statement per batch."""
 
     def process(self, port: int, batch: pa.Table) -> pa.Table | None:
+        renames = self.node.renames  # type: ignore[attr-defined]
+        if renames is not None and not any(
+            pa.types.is_dictionary(batch.schema.field(src).type) for src, _ in renames
+        ):
+            # plain columns: a selection of the batch's own arrays, no copy (dictionary
+            # columns go through DuckDB, which puts them out as the declared strings)
+            names = [src for src, _ in renames] + [WEIGHT] * (WEIGHT in batch.column_names)
+            out = batch.select(names)
+            return out.rename_columns([dst for _, dst in renames] + names[len(renames) :])
         return self.sql(self.node.sql, batch)  # type: ignore[attr-defined]

@@ -32,6 +32,7 @@ def fuse(node: Node) -> Node:
         node.sql = _substitute_from(node.sql, inner.sql)
         node.what = f"{inner.what} + {node.what}"
         node.inputs = inner.inputs
+        node.renames = None  # one statement now, not a selection of the input's columns
     elif isinstance(node, Aggregate) and _reads_in_once(node.pre_sql):
         node.pre_sql = _substitute_from(node.pre_sql, inner.sql)
         node.fused = inner.what

@@ -102,8 +102,13 @@ class Stateless(Node):
     what: str = "Filter/Project"
     #: set on a HOP window assignment (an aggregate over it may fold in panes)
     hop: Hop | None = None
+    #: a projection of plain columns, as (input column, output name): done on the Arrow
+    #: batch, without DuckDB (unset once fused with another step)
+    renames: list[tuple[str, str]] | None = None
 
     def label(self) -> str:
+        if self.renames is not None:
+            return f"{self.what} (columns selected from the batch, no DuckDB statement)"
         return f"{self.what} (one DuckDB statement per batch)"
 
 

@@ -473,7 +473,7 @@ class Planner:
             keep, rel.node.retracting, [rel.node],
             {c: t for c, t in rel.node.times.items() if c in kept},
             sql=f"SELECT {', '.join(q(c.name) for c in keep)}{weight} FROM __in",
-            what="Project",
+            what="Project", renames=[(c.name, c.name) for c in keep],
         )  # fmt: skip
         return Rel(node, {k: p for k, p in rel.bindings.items() if p in kept})
 
@@ -502,7 +502,17 @@ class Planner:
         weight = ", __weight" if rel.node.retracting else ""
         sql = f"SELECT {', '.join(cols)}{weight} FROM __in"
         columns = describe(sql, {"__in": _empty(rel.node.columns, rel.node.retracting)})
-        return Stateless(columns, rel.node.retracting, [rel.node], times, sql=sql, what="Project")
+        plain = [e.unalias() for e in sel.expressions]
+        renames = None
+        if all(isinstance(e, exp.Column) and rel.physical(e) for e in plain):
+            renames = [
+                (rel.physical(e), e2.alias_or_name)  # type: ignore[misc]
+                for e, e2 in zip(plain, sel.expressions, strict=True)
+            ]
+        return Stateless(
+            columns, rel.node.retracting, [rel.node], times, sql=sql, what="Project",
+            renames=renames,
+        )  # fmt: skip
 
     # -- aggregates ----------------------------------------------------------------------
 
