@@ -236,20 +236,15 @@ class RecomputeOperator(Operator):
             f"CREATE OR REPLACE TEMP TABLE __rows AS SELECT __in.{ROW_ID}, "
             f"{self.node.keep_sql} AS {flag}{ranked} FROM {rows} AS __in"
         )
+        kept = (
+            f"(SELECT s.*{f', r.{RANK_COLUMN}' if rank else ''} FROM {state.table} s "
+            f"JOIN __rows r ON s.{ROW_ID} = r.{ROW_ID} AND r.{flag})"
+        )
+        new_query = self.node.query_sql
         if rank:
             # the kept rows' ranks among all are their ranks among themselves (top_only):
             # the query reads them instead of ranking the kept rows again
-            kept = (
-                f"(SELECT s.*, r.{RANK_COLUMN} FROM {state.table} s JOIN __rows r "
-                f"ON s.{ROW_ID} = r.{ROW_ID} AND r.{flag})"
-            )
-            new_query = rank_pattern(rank).sub(f"__in.{RANK_COLUMN}", self.node.query_sql)
-        else:
-            kept = (
-                f"(SELECT s.* FROM {state.table} s SEMI JOIN __rows r "
-                f"ON s.{ROW_ID} = r.{ROW_ID} AND r.{flag})"
-            )
-            new_query = self.node.query_sql
+            new_query = rank_pattern(rank).sub(f"__in.{RANK_COLUMN}", new_query)
         was = f"(SELECT * FROM {rows} WHERE {ROW_ID} < {before})"
         for target, rel, query in (
             ("__new", kept, new_query),

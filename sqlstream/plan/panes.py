@@ -16,7 +16,7 @@ and there is no ``count(DISTINCT ...)`` (its value tables are per window).
 >>> hop = Hop('"ts"', "INTERVAL '2' SECOND", "INTERVAL '5' SECOND", "TIMESTAMP '1970-01-01'")
 >>> pane_width_us(hop)
 1000000
->>> print(pane_assign_sql(hop))
+>>> print(pane_assign_sql(hop, pane_width_us(hop)))
 SELECT *, time_bucket(INTERVAL '1000000 microseconds', "ts", TIMESTAMP '1970-01-01') AS window_start, time_bucket(INTERVAL '1000000 microseconds', "ts", TIMESTAMP '1970-01-01') + INTERVAL '5' SECOND AS window_end FROM __in
 """
 
@@ -47,15 +47,10 @@ def pane_width_us(hop: Hop) -> int | None:
     return math.gcd(*parts)
 
 
-def _pane(hop: Hop) -> str:
-    width = pane_width_us(hop)
-    return f"time_bucket(INTERVAL '{width} microseconds', {hop.time_sql}, {hop.origin_sql})"
-
-
-def pane_assign_sql(hop: Hop) -> str:
+def pane_assign_sql(hop: Hop, width_us: int) -> str:
     """The step replacing the window assignment under a pane aggregate: each row once, its
     ``window_start`` the start of its pane (``window_end`` that plus the size)."""
-    pane = _pane(hop)
+    pane = f"time_bucket(INTERVAL '{width_us} microseconds', {hop.time_sql}, {hop.origin_sql})"
     return (
         f"SELECT *, {pane} AS window_start, {pane} + {hop.size_sql} AS window_end FROM __in"
     )

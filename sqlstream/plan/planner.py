@@ -667,8 +667,7 @@ class Planner:
         node.share_key = "\n".join(
             [
                 _fingerprint_text(node.inputs[0]),
-                *sorted(f"{k} {key_types[k]} {compile_expr(e, rel)}" for k, e in keys),
-                *sorted(pre_cols),
+                *sorted(pre_cols),  # keys and arguments, each with its SQL
                 *(f"{a.name} {a.duck_type} {a.partial_sql} {a.merge_sql}" for a in accs),
                 str(node.window_end_sql),
             ]
@@ -685,7 +684,8 @@ class Planner:
         """Fold an aggregate directly over a HOP window in panes, where that gives the same
         result (:mod:`sqlstream.plan.panes`): its input becomes the pane assignment."""
         hop = rel.node.hop if isinstance(rel.node, Stateless) else None
-        if hop is None or pane_width_us(hop) is None:
+        width = pane_width_us(hop) if hop is not None else None
+        if hop is None or width is None:
             return
         # the bounds this HOP adds (its last two columns), not window bounds of the relation
         # it reads (a view's window_start is a plain column of each row here)
@@ -706,7 +706,7 @@ class Planner:
         assert isinstance(rel.node, Stateless)
         panes = Stateless(
             rel.node.columns, rel.node.retracting, rel.node.inputs, dict(rel.node.times),
-            sql=pane_assign_sql(hop), what=f"{rel.node.what} in panes",
+            sql=pane_assign_sql(hop, width), what=f"{rel.node.what} in panes",
         )  # fmt: skip
         node.inputs = [panes]
         node.expand_sql = expand_sql(hop, [k for k, _ in keys], window_keys, node.accumulators)

@@ -190,12 +190,6 @@ def last_base0_auction(ev: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
     return epoch * a + local
 
 
-
-
-
-
-
-
 def event_time_us(ev: np.ndarray, cfg: NexmarkConfig) -> np.ndarray:
     """Event time in microseconds: the base time plus ``ev`` gaps (floor to the microsecond)."""
     q, r = divmod(cfg.min_event_gap_ns, 1000)
