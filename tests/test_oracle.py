@@ -234,6 +234,34 @@ CASES = {
                   dense_rank() OVER (PARTITION BY category ORDER BY qty DESC) AS d
         FROM orders QUALIFY r <= 2""",
     ),
+    # one rank() alone: its change is found from (row, rank) pairs, and peers share a rank,
+    # so a new row can push several rows out at once, or none
+    "rank_alone_per_key": (
+        """CREATE MATERIALIZED VIEW v AS SELECT category, id, qty, r FROM (
+            SELECT category, id, qty, rank() OVER (PARTITION BY category ORDER BY qty DESC) AS r
+            FROM orders) t
+        WHERE r <= 2""",
+        """SELECT category, id, qty, rank() OVER (PARTITION BY category ORDER BY qty DESC) AS r
+        FROM orders QUALIFY r <= 2""",
+    ),
+    "dense_rank_alone_per_key": (
+        """CREATE MATERIALIZED VIEW v AS SELECT customer, id, d FROM (
+            SELECT customer, id, dense_rank() OVER (PARTITION BY customer ORDER BY qty DESC) AS d
+            FROM orders) t
+        WHERE d <= 1""",
+        """SELECT customer, id, dense_rank() OVER (PARTITION BY customer ORDER BY qty DESC) AS d
+        FROM orders QUALIFY d <= 1""",
+    ),
+    # a row that stays in the top moves down a rank (its output row changes though the rank
+    # is not selected), and a second condition drops some top rows from the output
+    "topn_with_another_condition": (
+        """CREATE MATERIALIZED VIEW v AS SELECT customer, id, amount FROM (
+            SELECT customer, id, amount, qty, row_number() OVER (
+                PARTITION BY customer ORDER BY amount DESC) AS rn FROM orders) t
+        WHERE rn <= 3 AND qty > 2""",
+        """SELECT customer, id, amount FROM orders QUALIFY row_number() OVER (
+            PARTITION BY customer ORDER BY amount DESC, id) <= 3 AND qty > 2""",
+    ),
     "distinct_eowc": (
         """CREATE MATERIALIZED VIEW v AS
         SELECT window_start, count(DISTINCT customer) AS customers,

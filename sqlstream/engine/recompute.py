@@ -23,7 +23,11 @@ stores no output: the old output of a key is the query over its rows from before
 ranks), which is what was emitted. Where the bounded ranking is the query's only window
 function, the touched keys' rows are ranked once per batch: the rows that stay in the top
 give the new output, the same ranking says which rows to drop, and the old output comes from
-the rows before the batch (the previous top, a few per key).
+the rows before the batch (the previous top, a few per key). Where the ranking is the
+query's only window function, each output row follows from one input row and its rank, so
+the change is found by comparing (row id, rank) pairs before and after, and only the rows
+that entered or left the top are fetched. A batch's rows outside the top of their key among
+the batch itself are dropped before they are stored.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import re
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from sqlstream.connectors.base import WEIGHT
@@ -131,7 +136,23 @@ class RecomputeOperator(Operator):
         state = self.inputs[port]
         select = ", ".join([*keys, *cols])
         before = None
-        if isinstance(state, AppendLog):
+        if isinstance(state, AppendLog) and self.node.keep_sql:
+            # A row outside the top of its key among the batch's own rows is outside it among
+            # all rows (a row's rank among a subset is never lower), so it is dropped before
+            # it is stored: q18's batches keep one bid in three. Rows are numbered first,
+            # since the ranking breaks ties by arrival; the ranking reads only the ids and
+            # what it orders by (a QUALIFY over every column took 4x as long).
+            before = state.next_row
+            batch = batch.append_column(ROW_ID, pa.array(state.take_ids(batch.num_rows)))
+            top = self.sql(f"SELECT __in.{ROW_ID} FROM __in QUALIFY {self.node.keep_sql}", batch)
+            kept = np.zeros(batch.num_rows, dtype=bool)
+            kept[top.column(0).to_numpy() - before] = True
+            self.run(
+                f"CREATE OR REPLACE TEMP TABLE __d AS SELECT __in.{ROW_ID}, {select} FROM __in",
+                batch.filter(kept),
+            )
+            state.append_numbered("__d")
+        elif isinstance(state, AppendLog):
             self.run(f"CREATE OR REPLACE TEMP TABLE __d AS SELECT {select} FROM __in", batch)
             before = state.next_row
             state.append_from("__d")
@@ -193,7 +214,9 @@ class RecomputeOperator(Operator):
 
     def _recompute(self, affected: str | None, before: int | None = None) -> pa.Table | None:
         ranked = self.output_from_inputs and self.node.top_only
-        if ranked:
+        if ranked and self.node.by_rank:
+            delta = self._rank_changes(affected, before if before is not None else 0)
+        elif ranked:
             self._rank_once(affected, before if before is not None else 0)
         elif self.output_from_inputs:
             self._new_output(affected)
@@ -204,11 +227,13 @@ class RecomputeOperator(Operator):
                 f"CREATE OR REPLACE TEMP TABLE __was AS SELECT * FROM "
                 f"{self._of_keys(self.output.table, affected)}"
             )
-        delta = self.con.sql(
-            f"SELECT {self.out_cols}, sum(__dw)::BIGINT AS {WEIGHT} FROM ("
-            f"SELECT {self.out_cols}, 1 AS __dw FROM __new UNION ALL "
-            f"SELECT {self.out_cols}, -1 AS __dw FROM __was) GROUP BY ALL HAVING sum(__dw) <> 0"
-        ).to_arrow_table()
+        if not (ranked and self.node.by_rank):
+            delta = self.con.sql(
+                f"SELECT {self.out_cols}, sum(__dw)::BIGINT AS {WEIGHT} FROM ("
+                f"SELECT {self.out_cols}, 1 AS __dw FROM __new UNION ALL "
+                f"SELECT {self.out_cols}, -1 AS __dw FROM __was) GROUP BY ALL "
+                "HAVING sum(__dw) <> 0"
+            ).to_arrow_table()
         if not self.output_from_inputs:
             self._store_output(affected)
         if ranked:
@@ -252,6 +277,45 @@ class RecomputeOperator(Operator):
         ):
             query = re.sub(r"\b__r0\b", lambda _, r=rel: r, query)
             self._output_of(query, target)
+
+    def _rank_changes(self, affected: str | None, before: int) -> pa.Table:
+        """Top-N over an append log whose output rows each follow from one input row and its
+        rank (``by_rank``): the change is the query over the (row, rank) pairs that entered
+        the top, less the query over those that left it, found by comparing ids and ranks
+        only. Rows that stayed at their rank (most of a top) are neither fetched nor
+        compared column by column (q18 at 2 M events: 0.66 -> 0.19 s of DuckDB).
+
+        ``__rows`` ranks the touched keys' rows (before and in the batch), ``__old`` the rows
+        from before it: all of them were the top then, what was emitted (the rows that fell
+        out of a top are pruned after each batch, as here)."""
+        (state,) = self.inputs
+        rows = self._of_keys(state.table, affected)
+        flag, rank, keep = self.keep_flag, self.node.rank_sql, self.node.keep_sql
+        assert rank is not None and keep is not None
+        r = RANK_COLUMN
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE __rows AS SELECT __in.{ROW_ID}, {keep} AS {flag}, "
+            f"{rank} AS {r} FROM {rows} AS __in"
+        )
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE __old AS SELECT __in.{ROW_ID}, {rank} AS {r} "
+            f"FROM (SELECT * FROM {rows} WHERE {ROW_ID} < {before}) AS __in"
+        )
+        pairs = f"n.{ROW_ID} = o.{ROW_ID} AND n.{r} = o.{r}"
+        top = f"(SELECT {ROW_ID}, {r} FROM __rows WHERE {flag})"
+        entered = f"(SELECT n.* FROM {top} n ANTI JOIN __old o ON {pairs})"
+        left = f"(SELECT o.* FROM __old o ANTI JOIN {top} n ON {pairs})"
+        query = rank_pattern(rank).sub(f"__in.{r}", self.node.query_sql)
+
+        def output(ids: str, weight: int) -> str:
+            of = (
+                f"(SELECT s.*, i.{r} FROM {state.table} s JOIN {ids} i "
+                f"ON s.{ROW_ID} = i.{ROW_ID})"
+            )
+            rows_of = re.sub(r"\b__r0\b", lambda _: of, query)
+            return f"SELECT {self.out_cols}, {weight}::BIGINT AS {WEIGHT} FROM ({rows_of})"
+
+        return self.con.sql(f"{output(left, -1)} UNION ALL {output(entered, 1)}").to_arrow_table()
 
     def _store_output(self, affected: str | None) -> None:
         """``__new`` replaces the stored output of the affected keys (``__was``)."""

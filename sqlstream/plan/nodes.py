@@ -218,6 +218,9 @@ class Recompute(Node):
     #: computed to decide what to keep is the query's, and the query over the kept rows
     #: reads it as a column (``RANK_COLUMN``) instead of ranking them again
     rank_sql: str | None = None
+    #: ``rank_sql`` is the query's only window function: each output row follows from one
+    #: input row and its rank, so the output's change is found from (row id, rank) pairs
+    by_rank: bool = False
 
     def label(self) -> str:
         keys = len(self.key_types)

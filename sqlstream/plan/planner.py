@@ -835,11 +835,12 @@ class Planner:
         if bound and bound[0] in node.ranking_sql and not node.inputs[0].retracting:
             rank = node.ranking_sql[bound[0]]
             keep = f"{rank} <= {bound[1]}"
+        rank_sql = rank if rank and rank_pattern(rank).search(filtered) else None
         new = Recompute(
             node.columns, True, node.inputs, {}, what="TopN (row_number filter)",
             key_sql=node.key_sql, key_types=node.key_types, query_sql=filtered, keep_sql=keep,
-            top_only=keep is not None,
-            rank_sql=rank if rank and rank_pattern(rank).search(filtered) else None,
+            top_only=keep is not None, rank_sql=rank_sql,
+            by_rank=rank_sql is not None and len(node.ranking_sql) == 1,
         )  # fmt: skip
         return Rel(new, rel.bindings)
 

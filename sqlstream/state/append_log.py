@@ -83,6 +83,22 @@ class AppendLog:
         self.next_row += added
         self.live += added
 
+    def take_ids(self, count: int) -> np.ndarray:
+        """Row ids for ``count`` rows about to arrive, in arrival order, for rows numbered
+        before some of them are dropped (``append_numbered``): ids then have gaps, and still
+        order rows by arrival."""
+        ids = np.arange(self.next_row, self.next_row + count, dtype=np.int64)
+        self.next_row += count
+        return ids
+
+    def append_numbered(self, relation: str) -> None:
+        """Append the rows of a relation carrying ids from ``take_ids`` in column ``__row``."""
+        names = ", ".join(qi(n) for n, _ in [(ROW_ID, "BIGINT"), *self.columns])
+        (added,) = self.con.execute(
+            f"INSERT INTO {self.table} SELECT {names} FROM {relation}"
+        ).fetchall()[0]
+        self.live += added
+
     def delete_where(self, condition: str) -> int:
         """Drop rows matching ``condition`` (over alias ``s``), e.g. behind the watermark."""
         if not self.live:
@@ -124,8 +140,9 @@ class AppendLog:
         rows = pa.table({})
         if self.next_row > self.checkpointed:
             rows = self.con.sql(
-                # The row id is the key; ids are dense, so the id itself spreads rows evenly
-                # over the 256 key groups (and costs nothing, unlike hashing every row).
+                # The row id is the key; ids are dense (or evenly thinned, ``take_ids``), so
+                # the id itself spreads rows over the 256 key groups (and costs nothing,
+                # unlike hashing every row).
                 f"SELECT ({qi(ROW_ID)} % 256)::SMALLINT AS vnode, * "
                 f"FROM {self.table} WHERE {qi(ROW_ID)} >= {self.checkpointed}"
             ).to_arrow_table()
