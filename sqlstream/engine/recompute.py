@@ -147,9 +147,12 @@ class RecomputeOperator(Operator):
             top = self.sql(f"SELECT __in.{ROW_ID} FROM __in QUALIFY {self.node.keep_sql}", batch)
             kept = np.zeros(batch.num_rows, dtype=bool)
             kept[top.column(0).to_numpy() - before] = True
+            # filtered by DuckDB as it copies the rows (Arrow's filter first: +0.1 s for q18)
+            flag = self.keep_flag
             self.run(
-                f"CREATE OR REPLACE TEMP TABLE __d AS SELECT __in.{ROW_ID}, {select} FROM __in",
-                batch.filter(kept),
+                f"CREATE OR REPLACE TEMP TABLE __d AS SELECT __in.{ROW_ID}, {select} FROM __in "
+                f"WHERE __in.{flag}",
+                batch.append_column(flag, pa.array(kept)),
             )
             state.append_numbered("__d")
         elif isinstance(state, AppendLog):
