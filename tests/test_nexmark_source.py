@@ -84,6 +84,15 @@ def test_deterministic_across_batch_sizes(table: str) -> None:
     assert pa.concat_tables([head, rest]).equals(whole)
 
 
+def test_a_batch_generated_in_pieces_on_threads_equals_small_batches() -> None:
+    # 368 k bids in one poll are three 128 k-event pieces, generated side by side; 50 k-row
+    # polls are one piece each, generated in the calling thread
+    opts = {"nexmark.event.num": "400000"}
+    whole = drain(make("bid", opts), [10**6])
+    assert whole.num_rows == 368_000
+    assert drain(make("bid", opts), [50_000]).equals(whole)
+
+
 def test_proportions_and_ids() -> None:
     n = 50 * 400
     people = drain(make("person", {"nexmark.event.num": str(n)}), [10**6])

@@ -21,7 +21,9 @@ will consider, so a restart resumes exactly, whatever the batch sizes were.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import math
+import os
 import time
 from typing import Any
 
@@ -79,6 +81,26 @@ _POSITIVE = {
 #: events generated per piece of a batch: the generator's passes over a piece stay in the CPU
 #: cache, which is several times faster than passes over a whole million-event batch
 _CHUNK_EVENTS = 1 << 17
+_pool: cf.ThreadPoolExecutor | None = None
+
+
+def _generator_pool() -> cf.ThreadPoolExecutor:
+    """Threads that generate a batch's pieces side by side: numpy releases the GIL in its
+    passes over whole arrays, so a batch generates on every core (q0 at 2 M events: 18.8 ->
+    30.8 M events/s on 2 cores). Made on first use; a forked child, which has none of the
+    parent's threads, makes its own."""
+    global _pool
+    if _pool is None:
+        _pool = cf.ThreadPoolExecutor(len(os.sched_getaffinity(0)), "sqlstream-nexmark")
+    return _pool
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _castable(natural: str, declared: str) -> bool:
@@ -263,13 +285,12 @@ class NexmarkSource(Source):
             first = None
         for p in range(n):
             nxt[p] = max(nxt[p], _first_at_or_after(p, n, g_end))
-        data = pa.Table.from_batches(
-            [
-                self._generate(ev[i : i + _CHUNK_EVENTS], None if first is None else first + i)
-                for i in range(0, len(ev), _CHUNK_EVENTS)
-            ],
-            schema=self._arrow_schema,
-        )
+        def piece(i: int) -> pa.RecordBatch:
+            return self._generate(ev[i : i + _CHUNK_EVENTS], None if first is None else first + i)
+
+        starts = range(0, len(ev), _CHUNK_EVENTS)
+        pieces = map(piece, starts) if len(starts) <= 1 else _generator_pool().map(piece, starts)
+        data = pa.Table.from_batches(pieces, schema=self._arrow_schema)
         return SourceBatch(data, {str(p): nxt[p] for p in range(n)})
 
     def _generate(self, ev: np.ndarray, first: int | None) -> pa.RecordBatch:
