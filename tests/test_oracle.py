@@ -307,6 +307,34 @@ CASES = {
         CREATE MATERIALIZED VIEW v AS SELECT top AS most, customer AS who FROM per""",
         "SELECT max(qty), customer FROM orders GROUP BY customer",
     ),
+    # GROUP BY without aggregate functions over append-only input: append-only output, each
+    # group once (a group seen again in a later batch must not repeat)
+    "new_groups_only": (
+        "CREATE MATERIALIZED VIEW v AS SELECT customer, category FROM orders "
+        "WHERE qty > 3 GROUP BY customer, category",
+        "SELECT DISTINCT customer, category FROM orders WHERE qty > 3",
+    ),
+    # SELECT DISTINCT over a stream: planned as that GROUP BY (append-only, each row once)
+    "distinct_over_a_stream": (
+        "CREATE MATERIALIZED VIEW v AS SELECT DISTINCT customer % 3 AS c3, upper(category) AS u, "
+        "qty FROM orders WHERE amount > 20",
+        "SELECT DISTINCT customer % 3, upper(category), qty FROM orders WHERE amount > 20",
+    ),
+    # Nexmark q8's shape: two such per-window groupings joined on the window bounds
+    "new_groups_per_window_joined": (
+        """CREATE MATERIALIZED VIEW v AS SELECT p.customer, p.window_start FROM
+            (SELECT customer, window_start, window_end FROM TUMBLE(orders, ts, INTERVAL '3 seconds')
+             WHERE qty > 6 GROUP BY customer, window_start, window_end) p
+        JOIN (SELECT customer, window_start, window_end FROM TUMBLE(orders, ts, INTERVAL '3 seconds')
+              WHERE category = 'a' GROUP BY customer, window_start, window_end) a
+        ON p.customer = a.customer AND p.window_start = a.window_start
+           AND p.window_end = a.window_end""",
+        """SELECT DISTINCT p.customer, p.ws FROM
+            (SELECT customer, time_bucket(INTERVAL '3 seconds', ts, TIMESTAMP '1970-01-01') AS ws
+             FROM orders WHERE qty > 6) p
+        JOIN (SELECT customer, time_bucket(INTERVAL '3 seconds', ts, TIMESTAMP '1970-01-01') AS ws
+              FROM orders WHERE category = 'a') a ON p.customer = a.customer AND p.ws = a.ws""",
+    ),
     "stateless": (
         "CREATE MATERIALIZED VIEW v AS SELECT id, amount * qty AS value FROM orders "
         "WHERE qty > 7 AND category IN ('a', 'b')",
@@ -366,6 +394,8 @@ def test_view_equals_batch_query(case, batch_rows, catalog_dsn, tmp_data_dir):
         "distinct_eowc",
         "distinct_updating",
         "join_stream_to_window_max",
+        "new_groups_only",
+        "new_groups_per_window_joined",
     ],
 )
 def test_restart_between_epochs_equals_batch_query(case, catalog_dsn, tmp_data_dir):
@@ -564,3 +594,49 @@ def test_a_plain_projection_selects_columns_without_duckdb(catalog_dsn, tmp_data
         engine.close()
     assert "columns selected from the batch" in plain.rows[1][0], plain.rows
     assert "one DuckDB statement" in computed.rows[1][0], computed.rows
+
+
+def test_groups_without_aggregates_are_append_only_and_their_join_drops_closed_windows(
+    catalog_dsn, tmp_data_dir
+):
+    """Nexmark q8's shape: the per-window groupings emit each group once (append-only), so the
+    join keeps append logs, and it drops a window's rows once the window has closed."""
+    view = CASES["new_groups_per_window_joined"][0]
+    settings = Settings(data_dir=tmp_data_dir, batch_rows=1_000, checkpoint_interval=3600)
+    engine = Engine(settings, catalog_dsn)
+    try:
+        engine.execute_script(f"{SOURCE}; {view};")
+        (res,) = engine.execute_script("EXPLAIN " + view.replace(" v AS ", " e AS ", 1))
+        plan = "\n".join(r[0] for r in res.rows)
+        assert plan.count("emit=new groups (append-only)") == 2, plan
+        assert "DeltaJoin (inner join of append-only inputs) [state: both inputs, dropped once the watermark closes their windows]" in plan, plan
+        (join,) = [o for o in engine.pipelines["v"].operators if type(o).__name__ == "DeltaJoinOperator"]
+        assert not join.node.retracting
+        peak = 0
+        while not engine.finished():
+            engine.run_epoch()
+            peak = max(peak, *(side.row_count() for side in join.state_tables))
+    finally:
+        engine.close()
+    # 40 customers per 3 s window on each side; a window's rows live until the watermark
+    # (2 s behind) passes its end, and a batch is 1 s of rows: at most 3 windows' worth live,
+    # against 10 windows over the 30 s of rows
+    assert 0 < peak <= 3 * 40, peak
+
+
+def test_select_distinct_over_a_stream_keeps_its_column_names(catalog_dsn, tmp_data_dir):
+    view = CASES["distinct_over_a_stream"][0]
+    settings = Settings(data_dir=tmp_data_dir, batch_rows=3_000, checkpoint_interval=3600)
+    engine = Engine(settings, catalog_dsn)
+    try:
+        engine.execute_script(f"{SOURCE}; {view};")
+        (res,) = engine.execute_script("EXPLAIN " + view.replace(" v AS ", " e AS ", 1))
+        assert "emit=new groups (append-only)" in res.rows[1][0], res.rows
+        run_engine(engine, JobOptions(once=True))
+        got = engine.query("SELECT u, c3, count(*) AS n FROM v GROUP BY u, c3 ORDER BY u, c3")
+    finally:
+        engine.close()
+    # 4 categories x 3 remainders, each with its 10 quantities
+    assert got.to_pylist() == [
+        {"u": u, "c3": c, "n": 10} for u in "ABCD" for c in range(3)
+    ]

@@ -139,6 +139,13 @@ class AggregateOperator(Operator):
 
     def _changes(self, old: str, new: str) -> pa.Table | None:
         """The output's change from the touched groups' state rows before and after."""
+        if self.node.new_groups_only:
+            keys = [k for k, _ in self.node.keys]
+            fresh = self._rows_of(
+                f"(SELECT n.* FROM {new} n ANTI JOIN {old} o ON {not_distinct('n', 'o', keys)})",
+                None,
+            )
+            return fresh if fresh.num_rows else None
         before = self._rows_of(old, -1)
         after = self._rows_of(new, +1)
         if not before.num_rows and not after.num_rows:

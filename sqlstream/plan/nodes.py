@@ -159,6 +159,10 @@ class Aggregate(Node):
     share_key: str | None = None
     #: the earlier aggregate whose state this one projects (:mod:`sqlstream.plan.share`)
     leader: Aggregate | None = None
+    #: a GROUP BY without aggregate functions over append-only input, emitting on update:
+    #: a group's row never changes once it exists, so the output is append-only (each
+    #: group's row once, when it first appears)
+    new_groups_only: bool = False
 
     @property
     def is_global(self) -> bool:
@@ -167,6 +171,8 @@ class Aggregate(Node):
     def label(self) -> str:
         keys = ", ".join(k for k, _ in self.keys) or "(global)"
         emit = "on window close" if self.emit_on_window_close else "on update"
+        if self.new_groups_only:
+            emit = "new groups (append-only)"
         state = f"state: {len(self.accumulators)} accumulators per group"
         if self.distincts:
             state += f", distinct values of {len(self.distincts)} argument(s)"
@@ -246,6 +252,8 @@ class DeltaJoin(Node):
     #: per side, SQL over that side's rows (alias s) giving the event time after which the
     #: row can no longer match (dropped once the other side's watermark passes it)
     expiry_sql: list[str | None] = field(default_factory=lambda: [None, None])
+    #: whether that expiry is the end of the windows the join key names (else an interval)
+    by_window: bool = False
 
     def label(self) -> str:
         if self.retracting:
@@ -261,9 +269,11 @@ class DeltaJoin(Node):
                 side = "left" if self.expiry_sql[0] else "right"
                 state += f", the {side} one's dropped once the watermark closes their windows"
             return f"DeltaJoin (inner join of retracting inputs, weights multiplied) [{state}]"
-        kind = "interval join" if any(self.expiry_sql) else "inner join"
+        kind = "interval join" if any(self.expiry_sql) and not self.by_window else "inner join"
         state = "state: both inputs"
-        if any(self.expiry_sql):
+        if self.by_window:
+            state += ", dropped once the watermark closes their windows"
+        elif any(self.expiry_sql):
             state += ", rows dropped once the watermark passes the interval"
         return f"DeltaJoin ({kind} of append-only inputs) [{state}]"
 

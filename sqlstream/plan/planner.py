@@ -189,6 +189,19 @@ class Planner:
         if having is not None:
             calls += _aggregates(having.this)
         windows = [w for e in sel.expressions for w in e.find_all(exp.Window)]
+        distinct = sel.args.get("distinct")
+        if (
+            distinct is not None
+            and not distinct.args.get("on")
+            and not (sel.args.get("group") or calls or windows or self.eowc)
+            and not rel.node.retracting
+            and not any(isinstance(e, exp.Star) for e in sel.expressions)
+        ):
+            # over append-only input, DISTINCT is a GROUP BY of the select list, whose
+            # output is append-only (each row once, when it first appears)
+            sel = sel.copy()
+            sel.set("distinct", None)
+            sel.set("group", exp.Group(expressions=[e.unalias().copy() for e in sel.expressions]))
         if sel.args.get("group") or calls:
             if windows:
                 raise _refuse("a window function over an aggregate in the same query level")
@@ -408,18 +421,20 @@ class Planner:
         if side == "" and lkeys:
             retracting = left.node.retracting or right.node.retracting
             # State is dropped once no new row, and no change of a stored row, can meet it:
-            # by a window key (a closed window gets no more changes on either side), else
+            # by a window key (a closed window gets no more rows or changes on either side,
+            # append-only or not: rows behind the watermark are dropped as late), else
             # by an interval condition over event times (of append-only sides) and window
             # bounds (of retracting ones).
-            expiry = _window_expiry(lkeys, rkeys, left, right) if retracting else [None, None]
-            if expiry == [None, None]:
+            expiry = _window_expiry(lkeys, rkeys, left, right)
+            by_window = expiry != [None, None]
+            if not by_window:
                 expiry = _expiry(residual, left, right, la)
             node = DeltaJoin(
                 columns, retracting, [left.node, right.node], times,
                 left_keys=[compile_expr(k, left, "__in") for k in lkeys],
                 right_keys=[compile_expr(k, right, "__in") for k in rkeys],
                 select_sql=", ".join(select_cols), residual_sql=residual_sql,
-                expiry_sql=expiry,
+                expiry_sql=expiry, by_window=by_window,
             )  # fmt: skip
             return Rel(node, bindings)
 
@@ -655,12 +670,14 @@ class Planner:
         self._check_eowc(window_end)
         state_cols = [(k, key_types[k]) for k, _ in keys] + [(a.name, a.duck_type) for a in accs]
         columns = describe(project, {"__st": _empty([], False, state_cols)})
+        # no aggregate function and no retractions: a group's row is fixed once it exists
+        new_groups_only = not calls and keys and not weighted and not self.eowc
         node = Aggregate(
-            columns, not self.eowc, [rel.node], times,
+            columns, not self.eowc and not new_groups_only, [rel.node], times,
             keys=[(k, key_types[k]) for k, _ in keys], accumulators=accs, pre_sql=pre_sql,
             project_sql=project, window_end_sql=window_end if _has_watermark(rel) else None,
             emit_on_window_close=self.eowc, calls=described,
-            distincts=list(distinct_by_arg.values()),
+            distincts=list(distinct_by_arg.values()), new_groups_only=bool(new_groups_only),
         )  # fmt: skip
         if not distinct_by_arg:
             self._fold_in_panes(node, rel, keys, calls)
