@@ -640,3 +640,22 @@ def test_select_distinct_over_a_stream_keeps_its_column_names(catalog_dsn, tmp_d
     assert got.to_pylist() == [
         {"u": u, "c3": c, "n": 10} for u in "ABCD" for c in range(3)
     ]
+
+
+def test_groups_seen_before_are_not_written_again(catalog_dsn, tmp_data_dir):
+    """A grouping without aggregates keeps the set of groups: once all 160 (customer,
+    category) groups are known and checkpointed, later batches change no state row."""
+    settings = Settings(data_dir=tmp_data_dir, batch_rows=2_000, checkpoint_interval=3600)
+    engine = Engine(settings, catalog_dsn)
+    try:
+        engine.execute_script(f"{SOURCE}; {CASES['new_groups_only'][0]};")
+        (agg,) = [o for o in engine.pipelines["v"].operators if type(o).__name__ == "AggregateOperator"]
+        engine.run_epoch()
+        engine.checkpoint()
+        dirty = agg.state.dirty
+        for _ in range(3):
+            assert engine.run_epoch()
+            assert engine.con.sql(f"SELECT count(*) FROM {dirty}").fetchall() == [(0,)]
+        assert agg.state.row_count() == 40 * 4
+    finally:
+        engine.close()

@@ -122,9 +122,12 @@ class AggregateOperator(Operator):
         keep = "TRUE" if spec.is_global else '"_rows" <> 0'
         self.con.register("__in", batch)
         try:
-            old, new = merge_partial(
-                self.state, partial_sql, {a.name: a.merge_sql for a in spec.accumulators}, keep
-            )
+            if spec.new_groups_only:
+                old, new = self._add_new_groups(partial_sql)
+            else:
+                old, new = merge_partial(
+                    self.state, partial_sql, {a.name: a.merge_sql for a in spec.accumulators}, keep
+                )
         finally:
             self.con.unregister("__in")
         if spec.emit_on_window_close:
@@ -137,14 +140,28 @@ class AggregateOperator(Operator):
             )
         return self._changes(old, new)
 
+    def _add_new_groups(self, partial_sql: str) -> tuple[str, str]:
+        """A grouping without aggregate functions over append-only input: its state is the set
+        of groups seen (``_rows`` 1 each), and only groups not seen before are added and
+        marked for the next checkpoint. Returns the touched groups before (none) and after
+        (the new ones), as :func:`merge_partial` does."""
+        state = self.state
+        assert [a.name for a in self.node.accumulators] == ["_rows"]
+        keys = ", ".join(f"p.{qi(k)}" for k in state.key_names)
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE __new AS SELECT {keys}, 1::BIGINT AS _rows "
+            f"FROM ({partial_sql}) p ANTI JOIN {state.table} s "
+            f"ON {not_distinct('p', 's', state.key_names)}"
+        )
+        self.con.execute("CREATE OR REPLACE TEMP TABLE __old AS SELECT * FROM __new LIMIT 0")
+        self.con.execute(f"INSERT INTO {state.table} SELECT * FROM __new")
+        self.con.execute(f"INSERT INTO {state.dirty} SELECT {state._key_select('p')} FROM __new p")
+        return "__old", "__new"
+
     def _changes(self, old: str, new: str) -> pa.Table | None:
         """The output's change from the touched groups' state rows before and after."""
-        if self.node.new_groups_only:
-            keys = [k for k, _ in self.node.keys]
-            fresh = self._rows_of(
-                f"(SELECT n.* FROM {new} n ANTI JOIN {old} o ON {not_distinct('n', 'o', keys)})",
-                None,
-            )
+        if self.node.new_groups_only:  # append-only: the groups that are new (``old`` has none)
+            fresh = self._rows_of(new, None)
             return fresh if fresh.num_rows else None
         before = self._rows_of(old, -1)
         after = self._rows_of(new, +1)
