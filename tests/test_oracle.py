@@ -596,6 +596,12 @@ def test_a_plain_projection_selects_columns_without_duckdb(catalog_dsn, tmp_data
     assert "one DuckDB statement" in computed.rows[1][0], computed.rows
 
 
+def _plan_of(engine: Engine, view: str) -> list[str]:
+    """The EXPLAIN lines of a view's query (planned under another name beside the view)."""
+    (res,) = engine.execute_script("EXPLAIN " + view.replace(" v AS ", " e AS ", 1))
+    return [r[0] for r in res.rows]
+
+
 def test_groups_without_aggregates_are_append_only_and_their_join_drops_closed_windows(
     catalog_dsn, tmp_data_dir
 ):
@@ -606,8 +612,7 @@ def test_groups_without_aggregates_are_append_only_and_their_join_drops_closed_w
     engine = Engine(settings, catalog_dsn)
     try:
         engine.execute_script(f"{SOURCE}; {view};")
-        (res,) = engine.execute_script("EXPLAIN " + view.replace(" v AS ", " e AS ", 1))
-        plan = "\n".join(r[0] for r in res.rows)
+        plan = "\n".join(_plan_of(engine, view))
         assert plan.count("emit=new groups (append-only)") == 2, plan
         assert "DeltaJoin (inner join of append-only inputs) [state: both inputs, dropped once the watermark closes their windows]" in plan, plan
         (join,) = [o for o in engine.pipelines["v"].operators if type(o).__name__ == "DeltaJoinOperator"]
@@ -630,8 +635,8 @@ def test_select_distinct_over_a_stream_keeps_its_column_names(catalog_dsn, tmp_d
     engine = Engine(settings, catalog_dsn)
     try:
         engine.execute_script(f"{SOURCE}; {view};")
-        (res,) = engine.execute_script("EXPLAIN " + view.replace(" v AS ", " e AS ", 1))
-        assert "emit=new groups (append-only)" in res.rows[1][0], res.rows
+        plan = _plan_of(engine, view)
+        assert "emit=new groups (append-only)" in plan[1], plan
         run_engine(engine, JobOptions(once=True))
         got = engine.query("SELECT u, c3, count(*) AS n FROM v GROUP BY u, c3 ORDER BY u, c3")
     finally:
