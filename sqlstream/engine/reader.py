@@ -169,6 +169,11 @@ class Reader:
         self._note_density(batch.data.num_rows, bounds, high)
         if high is not None and (self.watermark_us is None or high > self.watermark_us):
             self.watermark_us = int(high)
+        if self.source.finished():
+            # the last rows of a bounded source bring its end with them: windows close and
+            # state expires in this epoch, so the checkpoint after it never writes the state
+            # that the end drops (Nexmark q9's final commit: 121 MB, ~1.1 s, at 2 M events)
+            self.watermark_us = WATERMARK_END
         self.rows_read += data.num_rows
         return data if data.num_rows else None
 

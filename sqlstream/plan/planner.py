@@ -1027,6 +1027,25 @@ def _side_time(e: exp.Expression, left: Rel, right: Rel, la: set[str]) -> _SideT
     return _SideTime(side, column, offset, end, t.size_sql if t.kind == "window_start" else None)
 
 
+def _side_bound(e: exp.Expression, left: Rel, right: Rel, la: set[str]) -> _SideTime | None:
+    """``col [+-] INTERVAL`` for a timestamp column of an append-only side that is not its
+    event time (an auction's ``expires``): it bounds the event times of the other side's rows
+    the row can meet, so the row goes once the watermark passes it."""
+    offset = "INTERVAL 0 SECOND"
+    if isinstance(e, exp.Add | exp.Sub) and isinstance(e.expression, exp.Interval):
+        offset = f"{'' if isinstance(e, exp.Add) else '-'}{e.expression.sql(D)}"
+        e = e.this
+    if not isinstance(e, exp.Column):
+        return None
+    side = 0 if e.table in la else 1
+    rel = left if side == 0 else right
+    phys = rel.physical(e)
+    types = {c.name: c.type for c in rel.node.columns}
+    if phys is None or rel.node.retracting or not types.get(phys, "").startswith("timestamp"):
+        return None
+    return _SideTime(side, f"s.{q(phys)}", offset)
+
+
 def _expiry(residual: list[exp.Expression], left: Rel, right: Rel, la: set[str]) -> list[str | None]:
     """When a row of each side of an interval join can no longer match: from conditions like
     ``a.ts BETWEEN b.ts - INTERVAL '5' SECOND AND b.ts + INTERVAL '5' SECOND``, or
@@ -1042,7 +1061,10 @@ def _expiry(residual: list[exp.Expression], left: Rel, right: Rel, la: set[str])
             comparisons.append((c.expression, c.this))
     out: list[list[str]] = [[], []]
     for small, large in comparisons:
-        s, g = _side_time(small, left, right, la), _side_time(large, left, right, la)
+        s = _side_time(small, left, right, la)
+        # the larger side needs no event time of its own: future rows of the smaller side come
+        # with event times past the watermark, which a row whose bound it passed cannot meet
+        g = _side_time(large, left, right, la) or (s and _side_bound(large, left, right, la))
         if not s or not g or s.side == g.side:
             continue
         # small.t + so <= large.t + go: a row of small's side meets only rows of the other
