@@ -123,7 +123,9 @@ class AggregateOperator(Operator):
         self.con.register("__in", batch)
         try:
             if spec.new_groups_only:
-                old, new = self._add_new_groups(partial_sql)
+                # the touched groups before: none (a group seen before changes nothing)
+                new = self._add_new_groups(partial_sql)
+                old = f"(SELECT * FROM {new} LIMIT 0)"
             else:
                 old, new = merge_partial(
                     self.state, partial_sql, {a.name: a.merge_sql for a in spec.accumulators}, keep
@@ -140,11 +142,10 @@ class AggregateOperator(Operator):
             )
         return self._changes(old, new)
 
-    def _add_new_groups(self, partial_sql: str) -> tuple[str, str]:
+    def _add_new_groups(self, partial_sql: str) -> str:
         """A grouping without aggregate functions over append-only input: its state is the set
         of groups seen (``_rows`` 1 each), and only groups not seen before are added and
-        marked for the next checkpoint. Returns the touched groups before (none) and after
-        (the new ones), as :func:`merge_partial` does."""
+        marked for the next checkpoint. Returns the temp table of the new groups."""
         state = self.state
         assert [a.name for a in self.node.accumulators] == ["_rows"]
         keys = ", ".join(f"p.{qi(k)}" for k in state.key_names)
@@ -153,10 +154,9 @@ class AggregateOperator(Operator):
             f"FROM ({partial_sql}) p ANTI JOIN {state.table} s "
             f"ON {not_distinct('p', 's', state.key_names)}"
         )
-        self.con.execute("CREATE OR REPLACE TEMP TABLE __old AS SELECT * FROM __new LIMIT 0")
         self.con.execute(f"INSERT INTO {state.table} SELECT * FROM __new")
         self.con.execute(f"INSERT INTO {state.dirty} SELECT {state._key_select('p')} FROM __new p")
-        return "__old", "__new"
+        return "__new"
 
     def _changes(self, old: str, new: str) -> pa.Table | None:
         """The output's change from the touched groups' state rows before and after."""

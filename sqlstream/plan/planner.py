@@ -671,13 +671,13 @@ class Planner:
         state_cols = [(k, key_types[k]) for k, _ in keys] + [(a.name, a.duck_type) for a in accs]
         columns = describe(project, {"__st": _empty([], False, state_cols)})
         # no aggregate function and no retractions: a group's row is fixed once it exists
-        new_groups_only = not calls and keys and not weighted and not self.eowc
+        new_groups_only = bool(not calls and keys and not weighted and not self.eowc)
         node = Aggregate(
             columns, not self.eowc and not new_groups_only, [rel.node], times,
             keys=[(k, key_types[k]) for k, _ in keys], accumulators=accs, pre_sql=pre_sql,
             project_sql=project, window_end_sql=window_end if _has_watermark(rel) else None,
             emit_on_window_close=self.eowc, calls=described,
-            distincts=list(distinct_by_arg.values()), new_groups_only=bool(new_groups_only),
+            distincts=list(distinct_by_arg.values()), new_groups_only=new_groups_only,
         )  # fmt: skip
         if not distinct_by_arg:
             self._fold_in_panes(node, rel, keys, calls)
@@ -1001,22 +1001,33 @@ class _SideTime:
     size: str | None = None
 
 
-def _side_time(e: exp.Expression, left: Rel, right: Rel, la: set[str]) -> _SideTime | None:
-    """The side and time column of ``col [+-] INTERVAL``: an event-time column of an
-    append-only side, or a window bound of a retracting one (a window's rows change only
-    until the watermark passes its end; changes behind the watermark are dropped as late)."""
+def _side_column(
+    e: exp.Expression, left: Rel, right: Rel, la: set[str]
+) -> tuple[int, Rel, str, str] | None:
+    """``col [+-] INTERVAL`` over one side of a join: (side, its relation, the physical
+    column, the interval as SQL); None for any other expression."""
     offset = "INTERVAL 0 SECOND"
     if isinstance(e, exp.Add | exp.Sub) and isinstance(e.expression, exp.Interval):
-        sign = "" if isinstance(e, exp.Add) else "-"
-        offset = f"{sign}{e.expression.sql(D)}"
+        offset = f"{'' if isinstance(e, exp.Add) else '-'}{e.expression.sql(D)}"
         e = e.this
     if not isinstance(e, exp.Column):
         return None
     side = 0 if e.table in la else 1
     rel = left if side == 0 else right
     phys = rel.physical(e)
-    t = rel.node.times.get(phys or "")
-    if phys is None or t is None:
+    return None if phys is None else (side, rel, phys, offset)
+
+
+def _side_time(e: exp.Expression, left: Rel, right: Rel, la: set[str]) -> _SideTime | None:
+    """The side and time column of ``col [+-] INTERVAL``: an event-time column of an
+    append-only side, or a window bound of a retracting one (a window's rows change only
+    until the watermark passes its end; changes behind the watermark are dropped as late)."""
+    found = _side_column(e, left, right, la)
+    if found is None:
+        return None
+    side, rel, phys, offset = found
+    t = rel.node.times.get(phys)
+    if t is None:
         return None
     column = f"s.{q(phys)}"
     if not rel.node.retracting:
@@ -1031,17 +1042,12 @@ def _side_bound(e: exp.Expression, left: Rel, right: Rel, la: set[str]) -> _Side
     """``col [+-] INTERVAL`` for a timestamp column of an append-only side that is not its
     event time (an auction's ``expires``): it bounds the event times of the other side's rows
     the row can meet, so the row goes once the watermark passes it."""
-    offset = "INTERVAL 0 SECOND"
-    if isinstance(e, exp.Add | exp.Sub) and isinstance(e.expression, exp.Interval):
-        offset = f"{'' if isinstance(e, exp.Add) else '-'}{e.expression.sql(D)}"
-        e = e.this
-    if not isinstance(e, exp.Column):
+    found = _side_column(e, left, right, la)
+    if found is None:
         return None
-    side = 0 if e.table in la else 1
-    rel = left if side == 0 else right
-    phys = rel.physical(e)
+    side, rel, phys, offset = found
     types = {c.name: c.type for c in rel.node.columns}
-    if phys is None or rel.node.retracting or not types.get(phys, "").startswith("timestamp"):
+    if rel.node.retracting or not types.get(phys, "").startswith("timestamp"):
         return None
     return _SideTime(side, f"s.{q(phys)}", offset)
 
