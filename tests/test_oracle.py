@@ -347,6 +347,21 @@ CASES = {
         JOIN (SELECT customer, time_bucket(INTERVAL '3 seconds', ts, TIMESTAMP '1970-01-01') AS ws
               FROM orders WHERE category = 'a') a ON p.customer = a.customer AND p.ws = a.ws""",
     ),
+    # date strings as keys: one-to-one with a truncation (grouped by the truncated timestamp),
+    # and not ('SS', grouped by the string itself); a key inside a larger expression
+    "time_string_keys": (
+        """CREATE MATERIALIZED VIEW v AS
+        SELECT to_char(ts, 'YYYY-MM-DD HH24:MI:SS') AS sec, to_char(ts, 'SS') AS ss,
+               length(to_char(ts, 'DD/MM/YYYY')) + customer % 2 AS len, count(*) AS n,
+               sum(qty) AS total
+        FROM orders
+        GROUP BY to_char(ts, 'YYYY-MM-DD HH24:MI:SS'), to_char(ts, 'SS'),
+                 to_char(ts, 'DD/MM/YYYY'), customer % 2
+        HAVING to_char(ts, 'YYYY-MM-DD HH24:MI:SS') > '1970'""",
+        """SELECT strftime(ts, '%Y-%m-%d %H:%M:%S'), strftime(ts, '%S'),
+               length(strftime(ts, '%d/%m/%Y')) + customer % 2, count(*), sum(qty)
+        FROM orders GROUP BY 1, 2, strftime(ts, '%d/%m/%Y'), customer % 2""",
+    ),
     "stateless": (
         "CREATE MATERIALIZED VIEW v AS SELECT id, amount * qty AS value FROM orders "
         "WHERE qty > 7 AND category IN ('a', 'b')",
@@ -700,3 +715,16 @@ def test_an_interval_join_drops_rows_past_a_bound_column(catalog_dsn, tmp_data_d
         engine.close()
     # a quarter of 1 row a ms, each living its 2 s, the 2 s watermark delay and a 1 s batch
     assert 0 < peak <= 1_500, peak
+
+
+def test_date_string_keys_are_grouped_as_truncated_timestamps(catalog_dsn, tmp_data_dir):
+    """time_string_keys: the keys one-to-one with a truncation of ``ts`` are kept as
+    timestamps (formatted when projected); 'SS' is not one-to-one and stays a string."""
+    engine = Engine(Settings(data_dir=tmp_data_dir), catalog_dsn)
+    try:
+        engine.execute_script(f"{SOURCE};")
+        agg = next(line for line in _plan_of(engine, CASES["time_string_keys"][0]) if "Aggregate" in line)
+    finally:
+        engine.close()
+    assert "keys=[key0 (a TIMESTAMP, formatted '%Y-%m-%d %H:%M:%S'), key1, " in agg, agg
+    assert "key2 (a TIMESTAMP, formatted '%d/%m/%Y'), key3]" in agg, agg

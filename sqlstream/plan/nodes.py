@@ -163,13 +163,19 @@ class Aggregate(Node):
     #: a group's row never changes once it exists, so the output is append-only (each
     #: group's row once, when it first appears)
     new_groups_only: bool = False
+    #: keys kept as a truncated timestamp and formatted when projected (key -> format;
+    #: :mod:`sqlstream.plan.group_keys`)
+    formatted_keys: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_global(self) -> bool:
         return not self.keys
 
     def label(self) -> str:
-        keys = ", ".join(k for k, _ in self.keys) or "(global)"
+        keys = ", ".join(
+            f"{k} (a {t}, formatted '{self.formatted_keys[k]}')" if k in self.formatted_keys else k
+            for k, t in self.keys
+        ) or "(global)"
         emit = "on window close" if self.emit_on_window_close else "on update"
         if self.new_groups_only:
             emit = "new groups (append-only)"

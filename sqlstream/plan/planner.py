@@ -48,6 +48,7 @@ from sqlstream.plan.aggregates import (
     is_distinct,
     unwrap,
 )
+from sqlstream.plan.group_keys import format_key, truncated_time_key
 from sqlstream.plan.nodes import (
     Accumulator,
     Aggregate,
@@ -567,14 +568,26 @@ class Planner:
             used.add(kname)
             keys.append((kname, k))
         key_by_sql = {k.sql(D): kname for kname, k in keys}
-        pre_cols = [f"{compile_expr(k, rel)} AS {q(kname)}" for kname, k in keys]
+        empty_in = {"__in": _empty(rel.node.columns, weighted)}
+
+        def type_of(e: exp.Expression) -> str:
+            return _duck_types(f"SELECT {compile_expr(e, rel)} AS t FROM __in", empty_in)["t"]
+
+        # keys grouped by a cheaper form of themselves (a truncated timestamp for a date
+        # string), formatted when the state is projected
+        formatted: dict[str, str] = {}
+        pre_cols = []
+        for kname, k in keys:
+            cheaper = truncated_time_key(k, type_of)
+            if cheaper:
+                k, formatted[kname] = cheaper
+            pre_cols.append(f"{compile_expr(k, rel)} AS {q(kname)}")
         accs = [
             Accumulator(
                 "_rows", "BIGINT", "sum(__weight)" if weighted else "count(*)",
                 'coalesce(o."_rows", 0) + coalesce(p."_rows", 0)',
             )
         ]  # fmt: skip
-        empty_in = {"__in": _empty(rel.node.columns, weighted)}
         finals: dict[str, str] = {}
         described: list[str] = []
         distinct_by_arg: dict[str, Distinct] = {}
@@ -637,7 +650,8 @@ class Planner:
                 return sqlglot.parse_one(finals[node.sql(D)], read=D)
             kname = key_by_sql.get(node.sql(D)) if not isinstance(node, exp.Literal) else None
             if kname:
-                return exp.column(kname, quoted=True)
+                column = exp.column(kname, quoted=True)
+                return format_key(column, formatted[kname]) if kname in formatted else column
             return node
 
         def rewrite(e: exp.Expression) -> str:
@@ -678,6 +692,7 @@ class Planner:
             project_sql=project, window_end_sql=window_end if _has_watermark(rel) else None,
             emit_on_window_close=self.eowc, calls=described,
             distincts=list(distinct_by_arg.values()), new_groups_only=new_groups_only,
+            formatted_keys=formatted,
         )  # fmt: skip
         if not distinct_by_arg:
             self._fold_in_panes(node, rel, keys, calls)
