@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from decimal import Decimal as D
 
 import psycopg
 import pyarrow as pa
@@ -57,6 +58,17 @@ COLUMNS = [
     ("varchar", pa.string(), ["", "héllo", 'a,b"c\n', None]),
     ("text", pa.large_string(), ["x" * 1000, "", "\\N", None]),
     ("bytea", pa.binary(), [b"", b"\x00\xff", b"\\x", None]),
+    # sums of bigint (DuckDB's HUGEINT): the whole 128-bit range, signs, zero digits
+    (
+        "numeric(38,0)",
+        pa.decimal128(38, 0),
+        [D(10**38 - 1), D(-(10**38) + 1), D(-10_000_0000_0000_0001), None],
+    ),
+    ("numeric", pa.decimal128(38, 0), [D(0), D(-1), D(9_223_372_036_854_775_808), None]),
+    # scales that are not a multiple of 4 digits
+    ("numeric(10,2)", pa.decimal128(10, 2), [D("0.01"), D("-12345678.90"), D("99999999.99"), None]),
+    ("numeric(38,7)", pa.decimal128(38, 7), [D("-0.0000001"), D("1" * 31 + ".1234567"), D("10000"), None]),
+    ("numeric(9,4)", pa.decimal128(9, 4), [D("-99999.9999"), D("0.0001"), D("0"), None]),
 ]
 
 
@@ -91,6 +103,9 @@ def test_binary_copy_stores_what_csv_stores(pg_dsn: str, rows: int) -> None:
     first = via_binary[1]
     assert first[3] == -(2**63) and first[7] is False and first[13] == "héllo"
     assert via_binary[3] == tuple([None] * len(types))
+    for i, (pg_type, _, values) in enumerate(COLUMNS):
+        if pg_type.startswith("numeric"):
+            assert [r[i] for r in via_binary[:4]] == values, pg_type
 
 
 def test_sliced_and_chunked_input(pg_dsn: str) -> None:
@@ -103,7 +118,8 @@ def test_sliced_and_chunked_input(pg_dsn: str) -> None:
 @pytest.mark.parametrize(
     ("arrow_type", "pg_type"),
     [
-        (pa.decimal128(10, 2), "numeric(10,2)"),
+        (pa.decimal128(10, 2), "numeric(10,4)"),  # another scale: Postgres would round
+        (pa.decimal256(40, 0), "numeric"),
         (pa.int64(), "integer"),  # narrower target: binary would be the wrong width
         (pa.uint64(), "bigint"),
         (pa.uint16(), "smallint"),  # 65535 does not fit

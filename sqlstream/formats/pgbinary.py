@@ -7,15 +7,15 @@ the columns into rows. No per-row Python.
 
 Binary COPY needs each value in exactly the column's own type (an ``int8`` column takes 8
 bytes, nothing else), so :func:`encode_binary` is given the target columns' Postgres types
-and returns ``None`` for any column it cannot encode exactly (numeric, interval, arrays,
-json...); the caller then falls back to CSV.
+and returns ``None`` for any column it cannot encode exactly (interval, arrays, json...);
+the caller then falls back to CSV.
 
 >>> import pyarrow as pa
 >>> t = pa.table({"a": pa.array([1, None], pa.int64()), "s": ["x", None]})
 >>> data = encode_binary(t, ["bigint", "varchar"])
 >>> data[:11] == SIGNATURE, len(data)
 (True, 50)
->>> encode_binary(t, ["numeric", "varchar"]) is None
+>>> encode_binary(t, ["jsonb", "varchar"]) is None
 True
 """
 
@@ -120,7 +120,73 @@ def _bytes_field(a: pa.Array) -> pa.Array:
     return pc.fill_null(joined, _NULL) if raw.null_count else joined
 
 
+_M32 = np.uint64(0xFFFFFFFF)
+_NUMERIC_NEG = 0x4000
+
+
+def _numeric_field(a: pa.Array) -> pa.Array:
+    """Postgres' binary ``numeric`` of a decimal128 column: per value ndigits, weight, sign
+    and dscale (int16 each), then its digits in base 10 000, most significant first.
+
+    Every row gets as many digits as the column's precision needs, leading zeros included
+    (Postgres strips them, and trailing zero digits, when it stores the value). The digits
+    come from the 128-bit values by long division in 32-bit limbs, all rows at once: sums
+    of ``bigint`` are DuckDB HUGEINTs, so an aggregate's state has such a column (Nexmark q4,
+    q17), which would otherwise send its whole table as CSV."""
+    t: pa.Decimal128Type = a.type
+    n = len(a)
+    pad = -t.scale % 4  # digits of 4 decimals each must end at the decimal point
+    groups = -(-(t.precision + pad) // 4)
+    words = np.frombuffer(a.buffers()[1], dtype="<u8", count=2 * (a.offset + n))
+    lo, hi = words[2 * a.offset :: 2], words[2 * a.offset + 1 :: 2]
+    negative = (hi >> np.uint64(63)).astype(bool)
+    # |v| in five 32-bit limbs, least significant first (five: v * 10**pad needs 137 bits)
+    limbs = [lo & _M32, lo >> np.uint64(32), hi & _M32, hi >> np.uint64(32)]
+    carry = negative.astype(np.uint64)  # two's complement: invert, add one
+    for i, limb in enumerate(limbs):
+        flipped = (limb ^ _M32) + carry
+        carry = np.where(negative, flipped >> np.uint64(32), 0).astype(np.uint64)
+        limbs[i] = np.where(negative, flipped & _M32, limb)
+    limbs.append(np.zeros(n, dtype=np.uint64))
+    carry = np.zeros(n, dtype=np.uint64)
+    for i, limb in enumerate(limbs):
+        x = limb * np.uint64(10**pad) + carry
+        limbs[i], carry = x & _M32, x >> np.uint64(32)
+    cells = np.empty(
+        n,
+        dtype=[("len", ">i4"), ("ndigits", ">i2"), ("weight", ">i2"), ("sign", ">u2"),
+               ("dscale", ">u2"), ("digits", ">i2", (groups,))],
+    )  # fmt: skip
+    cells["len"] = 8 + 2 * groups
+    cells["ndigits"] = groups
+    cells["weight"] = groups - 1 - (t.scale + pad) // 4
+    cells["sign"] = np.where(negative, _NUMERIC_NEG, 0)
+    cells["dscale"] = t.scale
+    for g in range(groups - 1, -1, -1):  # the least significant digit first
+        rem = np.zeros(n, dtype=np.uint64)
+        for i in range(len(limbs) - 1, -1, -1):
+            cur = (rem << np.uint64(32)) | limbs[i]
+            limbs[i], rem = cur // np.uint64(10000), cur % np.uint64(10000)
+        cells["digits"][:, g] = rem
+    width = cells.dtype.itemsize
+    field = pa.Array.from_buffers(
+        pa.binary(width), n, [None, pa.py_buffer(cells.tobytes())]
+    ).cast(pa.binary())
+    return pc.if_else(pc.is_valid(a), field, _NULL) if a.null_count else field
+
+
+def _numeric_accepts(t: pa.DataType, pg_type: str) -> bool:
+    """A decimal128 into ``numeric`` of its own scale (or unconstrained): another scale
+    would round, which CSV leaves to Postgres' text input."""
+    if not pa.types.is_decimal128(t) or not pg_type.startswith("numeric"):
+        return False
+    params = pg_type[len("numeric") :].strip("() ").split(",")
+    return params == [""] or (len(params) == 2 and int(params[1]) == t.scale)
+
+
 def _field_encoder(t: pa.DataType, pg_type: str) -> Callable[[pa.Array], pa.Array] | None:
+    if _numeric_accepts(t, pg_type):
+        return _numeric_field
     if pg_type in _TEXT and (pa.types.is_string(t) or pa.types.is_large_string(t)):
         return _bytes_field
     if pg_type == "bytea" and (pa.types.is_binary(t) or pa.types.is_large_binary(t)):
