@@ -347,6 +347,23 @@ CASES = {
         JOIN (SELECT customer, time_bucket(INTERVAL '3 seconds', ts, TIMESTAMP '1970-01-01') AS ws
               FROM orders WHERE category = 'a') a ON p.customer = a.customer AND p.ws = a.ws""",
     ),
+    # Nexmark q9's shape: a Top-N over a join of a subquery's `o.*`, of which the view
+    # shows three columns
+    "topn_over_a_star_subquery": (
+        """CREATE MATERIALIZED VIEW v AS
+        SELECT id, customer, top FROM (
+            SELECT o.*, t.top,
+                   row_number() OVER (PARTITION BY o.customer ORDER BY o.amount DESC) AS rn
+            FROM orders o JOIN (SELECT customer, max(qty) AS top FROM orders GROUP BY customer) t
+            ON o.customer = t.customer
+        ) WHERE rn <= 2""",
+        """SELECT id, customer, top FROM (
+            SELECT o.*, t.top,
+                   row_number() OVER (PARTITION BY o.customer ORDER BY o.amount DESC, o.id) AS rn
+            FROM orders o JOIN (SELECT customer, max(qty) AS top FROM orders GROUP BY customer) t
+            ON o.customer = t.customer
+        ) WHERE rn <= 2""",
+    ),
     # date strings as keys: one-to-one with a truncation (grouped by the truncated timestamp),
     # and not ('SS', grouped by the string itself); a key inside a larger expression
     "time_string_keys": (
@@ -728,3 +745,21 @@ def test_date_string_keys_are_grouped_as_truncated_timestamps(catalog_dsn, tmp_d
         engine.close()
     assert "keys=[key0 (a TIMESTAMP, formatted '%Y-%m-%d %H:%M:%S'), key1, " in agg, agg
     assert "key2 (a TIMESTAMP, formatted '%d/%m/%Y'), key3]" in agg, agg
+
+
+def test_columns_a_subquery_selects_but_nothing_reads_are_not_stored(catalog_dsn, tmp_data_dir):
+    """topn_over_a_star_subquery: the join and the Top-N keep what the view reads (id,
+    customer, top) and what they order and join by (amount), not the rest of `o.*`."""
+    engine = Engine(Settings(data_dir=tmp_data_dir, batch_rows=5_000), catalog_dsn)
+    try:
+        engine.execute_script(f"{SOURCE}; {CASES['topn_over_a_star_subquery'][0]};")
+        run_engine(engine, JobOptions(once=True))
+        stored = {
+            type(op).__name__: {n for t in op.state_tables for n, _ in t.columns}
+            for op in engine.pipelines["v"].operators
+        }
+    finally:
+        engine.close()
+    for op, columns in stored.items():
+        assert not {"category", "qty", "ts"} & columns, (op, columns)
+    assert any("amount" in c for c in stored.values()), stored

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import duckdb
 import sqlglot
 from sqlglot import exp
+from sqlglot.optimizer.pushdown_projections import pushdown_projections
 from sqlglot.optimizer.unnest_subqueries import unnest_subqueries
 
 from sqlstream.errors import FeatureNotSupported
@@ -1203,8 +1204,10 @@ def _push_into_join(
 
 def rewrite(query: exp.Expression) -> exp.Expression:
     """sqlglot's rewrites the planner relies on: IN/EXISTS become (semi/anti) joins and
-    scalar subqueries cross joins."""
-    return unnest_subqueries(query.copy())
+    scalar subqueries cross joins; a subquery's columns that nothing above it reads are
+    dropped, so that no operator stores them (``SELECT A.*`` under Nexmark q9's Top-N kept
+    the auction's ``extra`` in the join and the ranking's state, which the view never shows)."""
+    return pushdown_projections(unnest_subqueries(query.copy()))
 
 
 def plan_query(
