@@ -27,6 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.types import _numeric_params
+
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 HEADER = SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # flags, extension length
 TRAILER = b"\xff\xff"
@@ -178,10 +180,11 @@ def _numeric_field(a: pa.Array) -> pa.Array:
 def _numeric_accepts(t: pa.DataType, pg_type: str) -> bool:
     """A decimal128 into ``numeric`` of its own scale (or unconstrained): another scale
     would round, which CSV leaves to Postgres' text input."""
-    if not pa.types.is_decimal128(t) or not pg_type.startswith("numeric"):
+    if not pa.types.is_decimal128(t):
         return False
-    params = pg_type[len("numeric") :].strip("() ").split(",")
-    return params == [""] or (len(params) == 2 and int(params[1]) == t.scale)
+    return pg_type == "numeric" or (
+        pg_type.startswith("numeric(") and _numeric_params(pg_type)[1] == t.scale
+    )
 
 
 def _field_encoder(t: pa.DataType, pg_type: str) -> Callable[[pa.Array], pa.Array] | None:
