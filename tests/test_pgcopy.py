@@ -137,3 +137,32 @@ def test_columns_without_an_exact_binary_form_fall_back_to_csv(
     table = pa.table({"c0": pa.array([None], arrow_type)})
     with psycopg.connect(pg_dsn) as conn:
         assert _load(conn, "f", table, [pg_type], binary=True) == [(None,)]
+
+
+@pytest.mark.parametrize("text_columns", [False, True])
+def test_columns_without_nulls(pg_dsn: str, text_columns: bool) -> None:
+    """Columns with no NULL are laid out side by side in one piece (all of a row when it
+    has no text): the rows must still be what CSV stores, the edges of each type included."""
+    chosen = [
+        (i, spec)
+        for i, spec in enumerate(COLUMNS)
+        if text_columns or spec[0] not in ("varchar", "text", "bytea")
+    ]
+    rows = 7
+    present = [[v for v in values if v is not None] for _, (_, _, values) in chosen]
+    table = pa.table(
+        {
+            f"c{i}": pa.array([kept[r % len(kept)] for r in range(rows)], arrow_type)
+            for (i, (_, arrow_type, _)), kept in zip(chosen, present, strict=True)
+        }
+    )
+    types = [pg for _, (pg, _, _) in chosen]
+    assert not any(c.null_count for c in table.columns)
+    assert binary_encodable(table.schema, types)
+    with psycopg.connect(pg_dsn) as conn:
+        via_binary = _load(conn, "b", table, types, binary=True)
+        via_csv = _load(conn, "c", table, types, binary=False)
+    assert len(via_binary) == rows and via_binary == via_csv
+    numeric = [k for k, (_, (pg, _, _)) in enumerate(chosen) if pg.startswith("numeric")]
+    for r in range(3):  # the values themselves, not only the same as CSV's
+        assert [via_binary[r][k] for k in numeric] == [present[k][r % 3] for k in numeric]
