@@ -4,6 +4,8 @@ engine does after sealing belongs to the next checkpoint, and nothing is lost or
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import psycopg
 import pytest
@@ -80,6 +82,72 @@ def test_a_failed_commit_surfaces_at_the_next_settle(catalog_dsn, tmp_data_dir) 
         for again in (e.checkpoint, lambda: e.execute_script("DROP SINK out")):
             with pytest.raises(psycopg.errors.CheckViolation):
                 again()
+        with psycopg.connect(catalog_dsn) as conn:
+            assert conn.execute("SELECT max(epoch) FROM sqlstream.checkpoints").fetchone()[0] == committed
+            assert conn.execute("SELECT count(*) FROM overlap_out").fetchone()[0] == 1000
+    finally:
+        e.close()
+
+
+def test_the_next_checkpoint_is_sealed_while_the_previous_commits(catalog_dsn, tmp_data_dir) -> None:
+    """Sealing overlaps the commit before it; the commits still run one at a time, in epoch
+    order, each with exactly what was sealed for it."""
+    e = Engine(Settings(data_dir=tmp_data_dir, checkpoint_interval=3600, batch_rows=1000), catalog_dsn)
+    try:
+        e.execute_script(JOB)
+        e.run_epoch()
+        sink = e.sinks["out"].sink
+        with psycopg.connect(catalog_dsn) as blocker:
+            (view,) = blocker.execute(
+                "SELECT state_table FROM sqlstream.operator_state "
+                "WHERE object = 'per_k' AND kind = 'materialize'"
+            ).fetchone()
+            blocker.execute(f"LOCK TABLE {view} IN ACCESS EXCLUSIVE MODE")
+            e.checkpoint(wait=False)
+            first = e.last_epoch + 1
+            e.run_epoch()
+            second = threading.Thread(target=lambda: e.checkpoint(wait=False))
+            second.start()
+            deadline = time.monotonic() + 10
+            while first + 1 not in sink._pending and time.monotonic() < deadline:
+                time.sleep(0.01)
+            # sealed (the sink set its rows aside) while the first commit is still held
+            assert first + 1 in sink._pending and first in sink._pending
+            assert second.is_alive() and e.last_epoch == first - 1  # the first not settled
+            blocker.rollback()
+        second.join(10)
+        assert not second.is_alive()
+        stats = e.settle()
+        assert stats is not None and stats.epoch == first + 1 and e.last_epoch == first + 1
+        with psycopg.connect(catalog_dsn) as conn:
+            assert conn.execute(
+                "SELECT epoch, rows FROM sqlstream.sink_commits WHERE sink = 'out' ORDER BY epoch"
+            ).fetchall() == [(first, 1000), (first + 1, 1000)]
+            assert conn.execute(
+                "SELECT count(*), count(DISTINCT v), min(v), max(v) FROM overlap_out"
+            ).fetchone() == (2000, 2000, 1, 2000)
+            assert conn.execute(f"SELECT sum(n) FROM {view}").fetchone()[0] == 2000
+    finally:
+        e.close()
+
+
+def test_a_checkpoint_sealed_behind_a_failed_commit_is_dropped(catalog_dsn, tmp_data_dir) -> None:
+    e = Engine(Settings(data_dir=tmp_data_dir, checkpoint_interval=3600, batch_rows=1000), catalog_dsn)
+    try:
+        e.execute_script(JOB)
+        e.run_epoch()
+        e.checkpoint()
+        committed = e.last_epoch
+        e.run_epoch()
+        with psycopg.connect(catalog_dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE overlap_out ADD CONSTRAINT small CHECK (v <= 1500)")
+        e.checkpoint(wait=False)  # fails: the sink's rows 1001-2000
+        e.run_epoch()
+        with pytest.raises(psycopg.errors.CheckViolation):
+            e.checkpoint(wait=False)  # sealed, then the failure of the one before
+        assert e._in_flight is None and e.last_epoch == committed
+        with pytest.raises(psycopg.errors.CheckViolation):
+            e.checkpoint()
         with psycopg.connect(catalog_dsn) as conn:
             assert conn.execute("SELECT max(epoch) FROM sqlstream.checkpoints").fetchone()[0] == committed
             assert conn.execute("SELECT count(*) FROM overlap_out").fetchone()[0] == 1000

@@ -18,9 +18,11 @@ A checkpoint has two halves so that Postgres works while the engine goes on:
   committer's thread, and publishes the sinks once it has committed. It touches no DuckDB
   table and nothing the engine changes.
 
-The engine starts the next checkpoint only after the previous ``commit`` has returned, and a
+The engine may seal the next checkpoint while the previous ``commit`` runs, but hands it to
+the committer only once that one has returned: commits run one at a time, in epoch order. A
 failed ``commit`` makes the engine recover from the last committed checkpoint (the sealed
-state is gone with it), so at most one epoch is in flight and nothing is lost.
+state, and a checkpoint sealed after it, are gone with it), so at most one epoch is
+committing and nothing is lost.
 """
 
 from __future__ import annotations
