@@ -135,32 +135,38 @@ class DeltaJoinOperator(Operator):
     def _process_weighted(self, port: int, batch: pa.Table, casts: str) -> pa.Table | None:
         """Δ ⋈ other side's multiset, weights multiplied; then Δ joins this side's state."""
         own, other = self.sides[port], self.sides[1 - port]
+        delta = None
         if isinstance(own, StateTable):
             _stage_changes(self, casts, self.node.inputs[port].columns, batch)
+            mine = "__ms"
         else:
-            # an append-only input: its rows as they are, each weighing 1 (no hashing)
-            self.run(
-                f"CREATE OR REPLACE TEMP TABLE __ms AS SELECT {casts}, *, 1::BIGINT AS __count "
-                "FROM __in",
-                batch,
-            )
+            # an append-only input: its rows as they are, each weighing 1 (no hashing), kept
+            # as Arrow and appended from there (no temp table of the batch)
+            delta = self.sql(f"SELECT {casts}, * FROM __in", batch)
+            self.con.register("__delta", delta)
+            mine = "(SELECT *, 1::BIGINT AS __count FROM __delta)"
         other_rows = (
             other.table
             if isinstance(other, StateTable)
             else f"(SELECT *, 1::BIGINT AS __count FROM {other.table})"
         )
-        left, right = ("__ms", other_rows) if port == 0 else (other_rows, "__ms")
-        out = self.con.sql(
-            # one output row per unit of weight, each +1 or -1, as every edge carries
-            f"SELECT j.* EXCLUDE (__c), sign(j.__c)::BIGINT AS {WEIGHT} FROM ("
-            f"SELECT {self.node.select_sql}, l.__count * r.__count AS __c FROM {left} AS l "
-            f"JOIN {right} AS r ON {_on(len(self.key_types), self.node.residual_sql)}"
-            f") j, range(abs(j.__c))"
-        ).to_arrow_table()
+        left, right = (mine, other_rows) if port == 0 else (other_rows, mine)
+        try:
+            out = self.con.sql(
+                # one output row per unit of weight, each +1 or -1, as every edge carries
+                f"SELECT j.* EXCLUDE (__c), sign(j.__c)::BIGINT AS {WEIGHT} FROM ("
+                f"SELECT {self.node.select_sql}, l.__count * r.__count AS __c FROM {left} AS l "
+                f"JOIN {right} AS r ON {_on(len(self.key_types), self.node.residual_sql)}"
+                f") j, range(abs(j.__c))"
+            ).to_arrow_table()
+        finally:
+            if delta is not None:
+                self.con.unregister("__delta")
         if isinstance(own, StateTable):
             _merge_staged(own)
         else:
-            own.append_from("__ms")
+            assert delta is not None
+            own.append(delta)
         return out if out.num_rows else None
 
     def on_watermark(self, watermark_us: int) -> pa.Table | None:
