@@ -20,6 +20,7 @@ from sqlstream.checkpoint.embedded import EmbeddedPostgres
 from sqlstream.connectors.base import ConnectorContext
 from sqlstream.connectors.postgres.sink import PostgresSink, parse_table_name
 from sqlstream.errors import ConnectorError, InvalidParameterValue
+from sqlstream.formats.pgbinary import binary_encodable
 from sqlstream.types import Column, arrow_schema
 
 W = "__weight"
@@ -349,6 +350,48 @@ def test_existing_table_is_checked(catalog_dsn: str) -> None:
     sink.write(make_table([{"k": 1, "v": "a", "x": 1.0}], KV))
     checkpoint(sink, 1, catalog_dsn)
     assert fetch(catalog_dsn, "SELECT k, v, extra FROM nokey") == [(1, "a", None)]
+
+
+def test_copy_types_come_from_the_existing_table(catalog_dsn: str) -> None:
+    """Binary COPY where the target's types (as Postgres spells them) are exactly what the
+    rows are encoded for; a constrained type (varchar(3)) goes as CSV, so Postgres still
+    checks it."""
+    schema = [
+        Column("k", "bigint"),
+        Column("s", "varchar"),
+        Column("v", "varchar"),
+        Column("ts", "timestamp"),
+        Column("tz", "timestamptz"),
+    ]
+    with psycopg.connect(catalog_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE spelled (k bigint, s text, v character varying,"
+            " ts timestamp without time zone, tz timestamp with time zone)"
+        )
+        conn.execute("CREATE TABLE short (k bigint, s varchar(3))")
+    sink = make_sink(catalog_dsn, schema, table="spelled")
+    assert sink._copy_types == ["bigint", "text", "varchar", "timestamp", "timestamptz"]
+    rows = [
+        {"k": 1, "s": "a,b", "v": "", "ts": dt.datetime(2024, 1, 1, 0, 0, 0, 1),
+         "tz": dt.datetime(1999, 12, 31, 23, tzinfo=dt.UTC)},
+        {"k": 2, "s": None, "v": "é", "ts": None, "tz": None},
+    ]  # fmt: skip
+    table = make_table(rows, schema)
+    assert binary_encodable(table.schema, sink._copy_types)
+    sink.write(table)
+    checkpoint(sink, 1, catalog_dsn)
+    with psycopg.connect(catalog_dsn) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        got = conn.execute("SELECT k, s, v, ts, tz FROM spelled ORDER BY k").fetchall()
+    assert got == [tuple(r.values()) for r in rows]
+
+    narrow = [Column("k", "bigint"), Column("s", "varchar")]
+    sink = make_sink(catalog_dsn, narrow, table="short")
+    assert sink._copy_types == ["bigint", "character varying(3)"]
+    assert not binary_encodable(make_table([{"k": 1, "s": "x"}], narrow).schema, sink._copy_types)
+    sink.write(make_table([{"k": 1, "s": "abcd"}], narrow))
+    with pytest.raises(psycopg.errors.StringDataRightTruncation):
+        checkpoint(sink, 1, catalog_dsn)
 
 
 # -- two-phase commit (dsn given) ----------------------------------------------------------

@@ -11,9 +11,11 @@ Two ways to reach exactly-once, chosen by whether ``dsn`` is given:
   this sink's prepared epochs ``<= committed`` and rolls back the rest. The target needs
   ``max_prepared_transactions > 0``.
 
-``type = 'append-only'`` bulk-loads with ``COPY ... (FORMAT csv)``; ``type = 'upsert'``
-consolidates the epoch's changes per primary key (in DuckDB), stages the result with COPY and
-applies it with one ``DELETE ... USING`` and one ``INSERT ... ON CONFLICT DO UPDATE``.
+``type = 'append-only'`` bulk-loads with ``COPY``; ``type = 'upsert'`` consolidates the
+epoch's changes per primary key (in DuckDB), stages the result with COPY and applies it with
+one ``DELETE ... USING`` and one ``INSERT ... ON CONFLICT DO UPDATE``. COPY is binary where the
+target's columns have exactly the types the rows are encoded for (read from the table when the
+sink opens; Postgres parses binary about twice as fast as CSV), CSV otherwise.
 
 >>> sink = PostgresSink(ctx, schema, {"table": "hot_items", "type": "upsert",
 ...                                   "primary_key": "auction,window_start"}, None)  # doctest: +SKIP
@@ -80,6 +82,25 @@ def pg_type(type_: str) -> sql.SQL:
     return sql.SQL(type_)
 
 
+#: ``format_type`` spellings of the types binary COPY encodes under a shorter name
+_FORMAT_TYPE_NAMES = {
+    "character varying": "varchar",
+    "timestamp without time zone": "timestamp",
+    "timestamp with time zone": "timestamptz",
+    "time without time zone": "time",
+}
+
+
+def copy_type(formatted: str) -> str:
+    """The name binary COPY knows a column's type by, from Postgres' ``format_type``
+    (others, e.g. ``character varying(20)``, pass through and are sent as CSV).
+
+    >>> copy_type("timestamp without time zone"), copy_type("numeric(10,2)")
+    ('timestamp', 'numeric(10,2)')
+    """
+    return _FORMAT_TYPE_NAMES.get(formatted, formatted)
+
+
 def _duck_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -137,6 +158,8 @@ class PostgresSink(Sink):
         # next prepare, because a lingering prepared transaction holds its row locks
         self._unfinished: dict[str, str] = {}
         self._conn: psycopg.Connection | None = None
+        #: the target's column types for binary COPY (None until open has read them: CSV)
+        self._copy_types: list[str] | None = None
         self._duck: duckdb.DuckDBPyConnection | None = None
 
     # -- connections -------------------------------------------------------------------
@@ -203,20 +226,20 @@ class PostgresSink(Sink):
     def _check_table(self, conn: psycopg.Connection) -> None:
         """An existing table must have our columns and, for upsert, a unique key on ours."""
         regclass = self._target.as_string(conn)
-        have = {
-            r[0]
-            for r in conn.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass"
-                " AND attnum > 0 AND NOT attisdropped",
+        have = dict(
+            conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+                " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
                 (regclass,),
-            )
-        }
+            ).fetchall()
+        )
         missing = [c.name for c in self.schema if c.name not in have]
         if missing:
             raise ConnectorError(
                 f"sink {self.ctx.name}: table {'.'.join(self.table_name)} has no column(s) "
                 f"{', '.join(missing)}"
             )
+        self._copy_types = [copy_type(have[c.name]) for c in self.schema]
         if not self.upsert:
             return
         unique = conn.execute(
@@ -358,7 +381,10 @@ class PostgresSink(Sink):
             self._upsert(cur, self._consolidate(rows), two_phase=two_phase)
             return
         names = [c.name for c in self.schema]
-        copy_in(cur, sql.SQL("{} ({})").format(self._target, self._idents(names)), rows)
+        copy_in(
+            cur, sql.SQL("{} ({})").format(self._target, self._idents(names)), rows,
+            self._copy_types,
+        )  # fmt: skip
 
     def _consolidate(self, rows: pa.Table) -> pa.Table:
         """The epoch's net effect per key: the row to upsert, or the row whose key to delete.
@@ -414,7 +440,9 @@ class PostgresSink(Sink):
                     sql.Identifier(self._stage_name), sql.SQL(", ").join(defs)
                 )
             )
-        copy_in(cur, sql.SQL("{} ({})").format(stage, self._idents([*names, _OP])), net)
+        # the stage has exactly the schema's types, as created above
+        stage_types = [*(c.type for c in self.schema), "boolean"]
+        copy_in(cur, sql.SQL("{} ({})").format(stage, self._idents([*names, _OP])), net, stage_types)
         key_match = sql.SQL(" AND ").join(
             sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in self.keys
         )
