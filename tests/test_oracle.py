@@ -326,6 +326,20 @@ CASES = {
         WHERE a.category = 'a' AND b.category = 'b'
           AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '2 seconds'""",
     ),
+    # join keys taken from the batch as they are (a plain column of the key's type), cast
+    # (integer against bigint) or computed (customer % 10)
+    "join_keys_plain_cast_and_computed": (
+        """CREATE MATERIALIZED VIEW v AS SELECT a.id AS aid, b.id AS bid, b.category FROM
+            (SELECT id, qty, category, ts, ts + INTERVAL '1 second' AS until FROM orders
+             WHERE customer < 8) a
+        JOIN (SELECT id, customer, category, ts FROM orders WHERE customer > 30) b
+        ON a.qty = b.customer % 10 AND a.category = b.category
+        WHERE b.ts BETWEEN a.ts AND a.until""",
+        """SELECT a.id, b.id, b.category FROM orders a JOIN orders b
+        ON a.qty = b.customer % 10 AND a.category = b.category
+        WHERE a.customer < 8 AND b.customer > 30
+          AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '1 second'""",
+    ),
     # SELECT DISTINCT over a stream: planned as that GROUP BY (append-only, each row once)
     "distinct_over_a_stream": (
         "CREATE MATERIALIZED VIEW v AS SELECT DISTINCT customer % 3 AS c3, upper(category) AS u, "

@@ -18,6 +18,8 @@ earlier output (the output is append-only, as in Flink and RisingWave).
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 import pyarrow as pa
 
@@ -27,7 +29,7 @@ from sqlstream.engine.recompute import row_hash
 from sqlstream.plan.nodes import DeltaJoin, TemporalJoin
 from sqlstream.state.append_log import AppendLog
 from sqlstream.state.table import StateTable, merge_partial, qi
-from sqlstream.types import Schema, duckdb_type
+from sqlstream.types import Schema, arrow_type, duckdb_type
 
 
 def _key_select(keys: list[str]) -> str:
@@ -75,6 +77,31 @@ def _key_casts(keys: list[str], key_types: list[str]) -> str:
     )
 
 
+_PLAIN_COLUMN = re.compile(r'^"__in"\."((?:[^"]|"")+)"$')
+
+
+def _plain_key_columns(keys: list[str], key_types: list[str], columns: Schema) -> list[str] | None:
+    """The input columns that are the join keys as they are (a key that is a column of the
+    key's own type), or None when some key needs computing or a cast.
+
+    >>> from sqlstream.types import Column
+    >>> cols = [Column("price", "bigint"), Column("day", "date")]
+    >>> _plain_key_columns(['"__in"."price"'], ["BIGINT"], cols)
+    ['price']
+    >>> _plain_key_columns(['"__in"."day"'], ["TIMESTAMP"], cols) is None
+    True
+    """
+    types = {c.name: duckdb_type(c.type) for c in columns}
+    names = []
+    for key, key_type in zip(keys, key_types, strict=True):
+        m = _PLAIN_COLUMN.match(key)
+        name = m and m.group(1).replace('""', '"')
+        if not name or types.get(name) != key_type:
+            return None
+        names.append(name)
+    return names
+
+
 def _on(n: int, residual: str | None) -> str:
     conds = [f"l.__k{i} = r.__k{i}" for i in range(n)]
     if residual:
@@ -116,7 +143,7 @@ class DeltaJoinOperator(Operator):
         casts = _key_casts(keys, self.key_types)
         if self.node.retracting:
             return self._process_weighted(port, batch, casts)
-        delta = self.sql(f"SELECT {casts}, * FROM __in", batch)
+        delta = self._with_keys(port, batch, casts)
         other = self.sides[1 - port].table
         self.con.register("__delta", delta)
         try:
@@ -132,6 +159,25 @@ class DeltaJoinOperator(Operator):
         side.append(delta)
         return out if out.num_rows else None
 
+    def _with_keys(self, port: int, batch: pa.Table, casts: str) -> pa.Table:
+        """The batch with its join key columns ``__k0..`` in front: the batch's own Arrow
+        columns where a key is a plain column of the key's type (q7: 14 ms a batch of
+        920 k bids less than a DuckDB statement), computed by DuckDB otherwise."""
+        keys = self.node.left_keys if port == 0 else self.node.right_keys
+        columns = self.node.inputs[port].columns
+        plain = _plain_key_columns(keys, self.key_types, columns)
+        declared = {c.name: c.type for c in columns}
+        # and the batch holds them in exactly that type's Arrow form (not, say, dictionary
+        # encoded strings from a source), as DuckDB's cast would have put them out
+        if plain is not None and all(
+            batch.schema.field(name).type == arrow_type(declared[name]) for name in plain
+        ):
+            return pa.table(
+                [batch.column(name) for name in plain] + batch.columns,
+                names=[f"__k{i}" for i in range(len(plain))] + batch.column_names,
+            )
+        return self.sql(f"SELECT {casts}, * FROM __in", batch)
+
     def _process_weighted(self, port: int, batch: pa.Table, casts: str) -> pa.Table | None:
         """Δ ⋈ other side's multiset, weights multiplied; then Δ joins this side's state."""
         own, other = self.sides[port], self.sides[1 - port]
@@ -142,7 +188,7 @@ class DeltaJoinOperator(Operator):
         else:
             # an append-only input: its rows as they are, each weighing 1 (no hashing), kept
             # as Arrow and appended from there (no temp table of the batch)
-            delta = self.sql(f"SELECT {casts}, * FROM __in", batch)
+            delta = self._with_keys(port, batch, casts)
             self.con.register("__delta", delta)
             mine = "(SELECT *, 1::BIGINT AS __count FROM __delta)"
         other_rows = (
