@@ -127,12 +127,6 @@ def _as_binary(cells: np.ndarray) -> pa.Array:
     return fixed.cast(pa.binary())
 
 
-def _fixed_field(values: np.ndarray, valid: pa.Array | None) -> pa.Array:
-    """``int32 length + value`` per row (or ``-1`` for a NULL) as one binary array."""
-    field = _as_binary(_packed(_fixed_parts(values), len(values)))
-    return field if valid is None else pc.if_else(valid, field, _NULL)
-
-
 def _bytes_field(a: pa.Array) -> pa.Array:
     raw = a.cast(pa.binary())
     lengths = pc.fill_null(pc.binary_length(raw), 0).to_numpy().astype(">i4")
@@ -143,12 +137,6 @@ def _bytes_field(a: pa.Array) -> pa.Array:
 
 _M32 = np.uint64(0xFFFFFFFF)
 _NUMERIC_NEG = 0x4000
-
-
-def _numeric_field(a: pa.Array) -> pa.Array:
-    """:func:`_numeric_cells` as a binary array, with NULLs."""
-    field = _as_binary(_numeric_cells(a))
-    return pc.if_else(pc.is_valid(a), field, _NULL) if a.null_count else field
 
 
 def _numeric_cells(a: pa.Array) -> np.ndarray:
@@ -227,27 +215,6 @@ def _numeric_accepts(t: pa.DataType, pg_type: str) -> bool:
     )
 
 
-def _field_encoder(t: pa.DataType, pg_type: str) -> Callable[[pa.Array], pa.Array] | None:
-    if _numeric_accepts(t, pg_type):
-        return _numeric_field
-    if pg_type in _TEXT and (pa.types.is_string(t) or pa.types.is_large_string(t)):
-        return _bytes_field
-    if pg_type == "bytea" and (pa.types.is_binary(t) or pa.types.is_large_binary(t)):
-        return _bytes_field
-    accepts_encode = _FIXED.get(pg_type)
-    if accepts_encode is None or not accepts_encode[0](t):
-        return None
-    encode = accepts_encode[1]
-    return lambda a: _fixed_field(encode(a), pc.is_valid(a) if a.null_count else None)
-
-
-def binary_encodable(schema: pa.Schema, pg_types: list[str]) -> bool:
-    """Whether every column of ``schema`` has an exact binary encoding as its Postgres type."""
-    return len(pg_types) == len(schema) and all(
-        _field_encoder(f.type, t) is not None for f, t in zip(schema, pg_types, strict=True)
-    )
-
-
 def _parts_encoder(t: pa.DataType, pg_type: str) -> Callable[[pa.Array], _Parts] | None:
     """The encoder of a column whose every value has one width, as :data:`_Parts`; None for
     text and bytea."""
@@ -258,6 +225,31 @@ def _parts_encoder(t: pa.DataType, pg_type: str) -> Callable[[pa.Array], _Parts]
         return None
     encode = accepts_encode[1]
     return lambda a: _fixed_parts(encode(a))
+
+
+def _field_encoder(t: pa.DataType, pg_type: str) -> Callable[[pa.Array], pa.Array] | None:
+    """The encoder of one column as a binary array of ``length + value`` per row (``-1`` for
+    a NULL), or None when the column has no exact binary form as ``pg_type``."""
+    if pg_type in _TEXT and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        return _bytes_field
+    if pg_type == "bytea" and (pa.types.is_binary(t) or pa.types.is_large_binary(t)):
+        return _bytes_field
+    parts = _parts_encoder(t, pg_type)
+    if parts is None:
+        return None
+
+    def encode(a: pa.Array) -> pa.Array:
+        field = _as_binary(_packed(parts(a), len(a)))
+        return pc.if_else(pc.is_valid(a), field, _NULL) if a.null_count else field
+
+    return encode
+
+
+def binary_encodable(schema: pa.Schema, pg_types: list[str]) -> bool:
+    """Whether every column of ``schema`` has an exact binary encoding as its Postgres type."""
+    return len(pg_types) == len(schema) and all(
+        _field_encoder(f.type, t) is not None for f, t in zip(schema, pg_types, strict=True)
+    )
 
 
 def binary_rows(table: pa.Table, pg_types: list[str]) -> pa.Buffer:
