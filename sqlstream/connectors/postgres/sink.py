@@ -93,7 +93,9 @@ _FORMAT_TYPE_NAMES = {
 
 def copy_type(formatted: str) -> str:
     """The name binary COPY knows a column's type by, from Postgres' ``format_type``
-    (others, e.g. ``character varying(20)``, pass through and are sent as CSV).
+    (others, e.g. ``character varying(20)``, pass through and are sent as CSV). Not
+    ``types.normalize_type``: it drops lengths (``varchar(3)`` and ``char(5)`` become
+    ``varchar``), which binary COPY would then send unchecked or unpadded.
 
     >>> copy_type("timestamp without time zone"), copy_type("numeric(10,2)")
     ('timestamp', 'numeric(10,2)')
