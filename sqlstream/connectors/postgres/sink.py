@@ -94,8 +94,9 @@ _FORMAT_TYPE_NAMES = {
 def copy_type(formatted: str) -> str:
     """The name binary COPY knows a column's type by, from Postgres' ``format_type``
     (others, e.g. ``character varying(20)``, pass through and are sent as CSV). Not
-    ``types.normalize_type``: it drops lengths (``varchar(3)`` and ``char(5)`` become
-    ``varchar``), which binary COPY would then send unchecked or unpadded.
+    ``types.normalize_type``: it maps several Postgres types to one name (``varchar(3)``,
+    ``char(5)`` and ``text`` all become ``varchar``), so it cannot say which of them take
+    exactly the binary field the sink would send; this keeps anything it does not know.
 
     >>> copy_type("timestamp without time zone"), copy_type("numeric(10,2)")
     ('timestamp', 'numeric(10,2)')
