@@ -158,6 +158,41 @@ def test_a_log_that_drops_most_of_what_it_holds_needs_no_index(pg_dsn: str) -> N
         ).fetchall()
 
 
+def test_a_deferred_log_inserts_only_the_held_rows_that_outlive_the_watermark(pg_dsn: str) -> None:
+    """A join side with a time bound holds its batches as Arrow until the next expiry: they
+    are read with the table until then, only the rows that stay are inserted, and a
+    checkpoint in between writes them all (and later deletes them from Postgres by id)."""
+    con = duckdb.connect()
+    log = AppendLog(con, "op_deferred_log", [("k", "BIGINT")], defer=True)
+    log.create()
+
+    def rows(relation: str) -> list[int]:
+        return [k for (k,) in con.sql(f"SELECT k FROM {relation} ORDER BY k").fetchall()]
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        _fresh_mirror(conn, log)
+        log.append(con.sql("SELECT i AS k FROM range(0, 10) t(i)").to_arrow_table())
+        log.append(con.sql("SELECT i AS k FROM range(10, 20) t(i)").to_arrow_table())
+        assert rows(log.table) == [] and rows(log.relation) == list(range(20))
+        assert log.delete_where("s.k < 15") == 15
+        assert rows(log.table) == rows(log.relation) == list(range(15, 20))
+        assert log.row_count() == 5
+
+        log.append(con.sql("SELECT i AS k FROM range(20, 30) t(i)").to_arrow_table())
+        with conn.transaction(), conn.cursor() as cur:  # a checkpoint while rows are held
+            log.pg_write(cur, log.delta())
+        assert rows(log.table) == list(range(15, 30))
+        mirror = f"SELECT k, __row FROM sqlstream_state.{log.operator_id} ORDER BY k"
+        assert conn.execute(mirror).fetchall() == [(k, k) for k in range(15, 30)]
+
+        log.append(con.sql("SELECT i AS k FROM range(30, 40) t(i)").to_arrow_table())
+        assert log.delete_where("s.k < 25 OR s.k >= 38") == 12  # 10 checkpointed, 2 held
+        with conn.transaction(), conn.cursor() as cur:
+            log.pg_write(cur, log.delta())
+        assert rows(log.relation) == list(range(25, 38)) and log.row_count() == 13
+        assert conn.execute(mirror).fetchall() == [(k, k) for k in range(25, 38)]
+
+
 def test_a_global_aggregate_row_survives_reloads(pg_dsn: str) -> None:
     """The one row of a keyless state: after each reload it is replaced, never duplicated."""
     con = duckdb.connect()

@@ -36,7 +36,7 @@ from sqlstream.engine.build import operator_id
 from sqlstream.engine.changes import with_weights
 from sqlstream.engine.materialize import MaterializeOperator
 from sqlstream.engine.pipeline import Pipeline, SinkRunner
-from sqlstream.engine.reader import Reader, watermark_offset_us
+from sqlstream.engine.reader import Reader
 from sqlstream.engine.tables import Table, TableLogSource, duckdb_error
 from sqlstream.errors import (
     DataException,
@@ -49,6 +49,7 @@ from sqlstream.errors import (
     UndefinedTable,
 )
 from sqlstream.plan.explain import explain_plan
+from sqlstream.plan.intervals import fixed_offset_us
 from sqlstream.plan.nodes import QueryPlan
 from sqlstream.plan.planner import RelationInfo, plan_query
 from sqlstream.sql import statements as st
@@ -284,7 +285,7 @@ class Engine:
                 )
             wm_sql = stmt.watermark.expr.sql("duckdb")
             wm_type = next(c.type for c in stmt.columns if c.name == wm_col)
-            offset = watermark_offset_us(self.con, stmt.watermark.expr, wm_col, wm_type)
+            offset = fixed_offset_us(self.con, stmt.watermark.expr, wm_col, wm_type)
         return SourceDef(stmt.name, stmt.columns, stmt.options, stmt.format, wm_col, wm_sql, offset)
 
     def _connector(self, src: SourceDef) -> Source:

@@ -130,6 +130,7 @@ class DeltaJoinOperator(Operator):
                 f"{operator_id}_{side}",
                 [(f"__k{i}", t) for i, t in enumerate(self.key_types)]
                 + [(c.name, duckdb_type(c.type)) for c in child.columns],
+                defer=expiry is not None,
             )
             for side, child, expiry in zip(
                 ("left", "right"), node.inputs, node.expiry_sql, strict=True
@@ -151,18 +152,17 @@ class DeltaJoinOperator(Operator):
         if self.node.retracting:
             return self._process_weighted(port, batch, casts)
         delta = self._with_keys(port, batch, casts)
-        other = self.sides[1 - port].table
+        side, other = self.sides[port], self.sides[1 - port]
+        assert isinstance(side, AppendLog) and isinstance(other, AppendLog)  # append-only
         self.con.register("__delta", delta)
         try:
-            left, right = ("__delta", other) if port == 0 else (other, "__delta")
+            left, right = ("__delta", other.relation) if port == 0 else (other.relation, "__delta")
             out = self.con.sql(
                 f"SELECT {self.node.select_sql} FROM {left} AS l JOIN {right} AS r "
                 f"ON {_on(len(keys), self.node.residual_sql)}"
             ).to_arrow_table()
         finally:
             self.con.unregister("__delta")
-        side = self.sides[port]
-        assert isinstance(side, AppendLog)
         side.append(delta)
         return out if out.num_rows else None
 
@@ -196,7 +196,7 @@ class DeltaJoinOperator(Operator):
         other_rows = (
             other.table
             if isinstance(other, StateTable)
-            else f"(SELECT *, 1::BIGINT AS __count FROM {other.table})"
+            else f"(SELECT *, 1::BIGINT AS __count FROM {other.relation})"
         )
         left, right = (mine, other_rows) if port == 0 else (other_rows, mine)
         try:
@@ -220,7 +220,7 @@ class DeltaJoinOperator(Operator):
     def on_watermark(self, watermark_us: int) -> pa.Table | None:
         for side, expiry in zip(self.sides, self.node.expiry_sql, strict=True):
             if expiry:
-                side.delete_where(f"epoch_us({expiry}) < {watermark_us}")
+                side.delete_where(f"{expiry} < {watermark_us}")
         return None
 
 

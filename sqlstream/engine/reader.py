@@ -7,7 +7,7 @@ they arrive are late: counted and dropped, never folded into closed windows.
 
 The usual watermark is the event-time column minus a fixed interval
 (``WATERMARK FOR ts AS ts - INTERVAL '5 seconds'``). For that form the reader knows the
-constant (:func:`watermark_offset_us`) and takes the batch's bounds from one Arrow
+constant (:func:`sqlstream.plan.intervals.fixed_offset_us`) and takes the batch's bounds from one Arrow
 ``min_max`` over the column instead of a DuckDB query over the batch.
 
 For the engine's watermark alignment (:meth:`Engine.run_epoch`) a reader also keeps how many
@@ -25,52 +25,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlglot import exp
 
 from sqlstream.connectors.base import DeadLetter, Source
 from sqlstream.state.table import qi
 
 _US_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1}
-
-
-def watermark_offset_us(
-    con: duckdb.DuckDBPyConnection, expr: exp.Expression, column: str, column_type: str
-) -> int | None:
-    """The fixed microseconds a watermark expression adds to its column, or None.
-
-    Only a plain ``TIMESTAMP`` column plus or minus intervals of fixed length qualifies (not
-    months, whose length varies, nor a zone-dependent ``TIMESTAMPTZ``).
-
-    >>> import sqlglot
-    >>> con = duckdb.connect()
-    >>> e = sqlglot.parse_one("ts - INTERVAL '5 seconds'", read="postgres")
-    >>> watermark_offset_us(con, e, "ts", "timestamp")
-    -5000000
-    >>> watermark_offset_us(con, sqlglot.parse_one("ts + INTERVAL '1 month'"), "ts", "timestamp")
-    >>> watermark_offset_us(con, sqlglot.parse_one("ts - INTERVAL '1 month'"), "ts", "timestamp")
-    >>> watermark_offset_us(con, sqlglot.parse_one("ts - v * INTERVAL '1 s'"), "ts", "timestamp")
-    """
-    if column_type.lower() != "timestamp":
-        return None
-    allowed = (exp.Column, exp.Identifier, exp.Interval, exp.Literal, exp.Var, exp.Add,
-               exp.Sub, exp.Paren)  # fmt: skip
-    if any(not isinstance(n, allowed) for n in expr.walk()):
-        return None
-    if any(c.name != column for c in expr.find_all(exp.Column)):
-        return None
-    sql = expr.sql("duckdb")
-    offsets = set()
-    # An interval whose length depends on the date (months) differs between these probes.
-    for probe in ("2000-03-15 00:00:00", "2001-02-15 00:00:00", "2031-06-15 12:00:00"):
-        try:
-            (offsets_row,) = con.sql(
-                f"SELECT epoch_us({sql}) - epoch_us({qi(column)}) "
-                f"FROM (SELECT TIMESTAMP '{probe}' AS {qi(column)})"
-            ).fetchall()
-        except duckdb.Error:
-            return None
-        offsets.add(offsets_row[0])
-    return int(offsets.pop()) if len(offsets) == 1 else None
 
 
 def _timestamp_bounds_us(column: pa.ChunkedArray) -> tuple[int | None, int | None] | None:
@@ -97,7 +56,7 @@ class Reader:
     watermark_column: str | None = None
     watermark_sql: str | None = None
     on_error: str = "dead_letter"
-    #: see :func:`watermark_offset_us`; None means: evaluate ``watermark_sql`` over the batch
+    #: see :func:`sqlstream.plan.intervals.fixed_offset_us`; None means: evaluate ``watermark_sql`` over the batch
     watermark_offset_us: int | None = None
     offsets: dict[str, Any] = field(default_factory=dict)
     watermark_us: int | None = None

@@ -255,8 +255,9 @@ class DeltaJoin(Node):
     right_keys: list[str] = field(default_factory=list)  # SQL over a right row (alias r)
     select_sql: str = ""  # output columns over l and r
     residual_sql: str | None = None
-    #: per side, SQL over that side's rows (alias s) giving the event time after which the
-    #: row can no longer match (dropped once the other side's watermark passes it)
+    #: per side, SQL over that side's rows (alias s) giving the event time, in epoch
+    #: microseconds, after which the row can no longer match (dropped once the other side's
+    #: watermark passes it)
     expiry_sql: list[str | None] = field(default_factory=lambda: [None, None])
     #: whether that expiry is the end of the windows the join key names (else an interval)
     by_window: bool = False

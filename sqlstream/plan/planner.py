@@ -50,6 +50,7 @@ from sqlstream.plan.aggregates import (
     unwrap,
 )
 from sqlstream.plan.group_keys import format_key, truncated_time_key
+from sqlstream.plan.intervals import epoch_us_sql
 from sqlstream.plan.nodes import (
     Accumulator,
     Aggregate,
@@ -1009,12 +1010,23 @@ def _key_types(key_sql: list[list[str]], inputs: list[Node]) -> list[str]:
 @dataclass
 class _SideTime:
     side: int
-    column: str  # over that side's rows (alias s)
+    column: str  # the physical column of that side's rows
+    type: str  # its type
     offset: str
-    #: a retracting side's window bound: the end of its window, after which the row is final
+    #: a retracting side's window bound: the end of its window (epoch microseconds), after
+    #: which the row is final
     end: str | None = None
     #: what that end adds to the column (a window_start's size), else None
     size: str | None = None
+
+    def epoch_us(self, *shifts: str | None) -> str:
+        """SQL: the column's epoch microseconds plus the given intervals (over alias s)."""
+        shift = " + ".join(f"({x})" for x in shifts if x) or None
+        return epoch_us_sql(f"s.{q(self.column)}", self.column, self.type, shift)
+
+
+def _column_type(rel: Rel, column: str) -> str:
+    return next((c.type for c in rel.node.columns if c.name == column), "")
 
 
 def _side_column(
@@ -1045,13 +1057,14 @@ def _side_time(e: exp.Expression, left: Rel, right: Rel, la: set[str]) -> _SideT
     t = rel.node.times.get(phys)
     if t is None:
         return None
-    column = f"s.{q(phys)}"
+    found_time = _SideTime(side, phys, _column_type(rel, phys), offset)
     if not rel.node.retracting:
-        return _SideTime(side, column, offset) if t.kind == "event" else None
-    end = t.end_sql(column)
-    if t.kind == "event" or end is None or not _has_watermark(rel):
+        return found_time if t.kind == "event" else None
+    if t.kind == "event" or t.end_sql("s") is None or not _has_watermark(rel):
         return None
-    return _SideTime(side, column, offset, end, t.size_sql if t.kind == "window_start" else None)
+    found_time.size = t.size_sql if t.kind == "window_start" else None
+    found_time.end = found_time.epoch_us(found_time.size)
+    return found_time
 
 
 def _side_bound(e: exp.Expression, left: Rel, right: Rel, la: set[str]) -> _SideTime | None:
@@ -1062,10 +1075,10 @@ def _side_bound(e: exp.Expression, left: Rel, right: Rel, la: set[str]) -> _Side
     if found is None:
         return None
     side, rel, phys, offset = found
-    types = {c.name: c.type for c in rel.node.columns}
-    if rel.node.retracting or not types.get(phys, "").startswith("timestamp"):
+    type_ = _column_type(rel, phys)
+    if rel.node.retracting or not type_.startswith("timestamp"):
         return None
-    return _SideTime(side, f"s.{q(phys)}", offset)
+    return _SideTime(side, phys, type_, offset)
 
 
 def _expiry(residual: list[exp.Expression], left: Rel, right: Rel, la: set[str]) -> list[str | None]:
@@ -1095,9 +1108,7 @@ def _expiry(residual: list[exp.Expression], left: Rel, right: Rel, la: set[str])
         # watermark passes that, it can never match a new row again. If small's side
         # retracts, its rows must also be final (their window closed) before then; if
         # large's side does, the row itself must be.
-        expiry = f"({g.column} + {g.offset} - {s.offset})"
-        if s.size:
-            expiry = f"({expiry} + {s.size})"
+        expiry = g.epoch_us(g.offset, f"-({s.offset})", s.size)
         if g.end:
             expiry = f"greatest({expiry}, {g.end})"
         out[g.side].append(expiry)
@@ -1108,7 +1119,8 @@ def _window_expiry(
     lkeys: list[exp.Expression], rkeys: list[exp.Expression], left: Rel, right: Rel
 ) -> list[str | None]:
     """For a join on a window bound of both sides (``a.window_start = b.window_start``): the
-    window's end, per side, after which neither side changes for that key again."""
+    window's end (epoch microseconds), per side, after which neither side changes for that
+    key again."""
     if not (_has_watermark(left) and _has_watermark(right)):
         return [None, None]
     for lk, rk in zip(lkeys, rkeys, strict=True):
@@ -1117,9 +1129,14 @@ def _window_expiry(
         lc, rc = left.physical(lk), right.physical(rk)
         lt, rt = left.node.times.get(lc or ""), right.node.times.get(rc or "")
         if lt and rt and lt.kind != "event" and rt.kind != "event":
-            ends = [lt.end_sql(f"s.{q(lc)}"), rt.end_sql(f"s.{q(rc)}")]
-            if all(ends):
-                return ends
+            if lt.end_sql("s") and rt.end_sql("s"):
+                return [
+                    epoch_us_sql(
+                        f"s.{q(c)}", c, _column_type(rel, c),
+                        t.size_sql if t.kind == "window_start" else None,
+                    )  # fmt: skip
+                    for c, t, rel in ((lc, lt, left), (rc, rt, right))
+                ]
     return [None, None]
 
 
