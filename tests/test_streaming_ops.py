@@ -14,6 +14,7 @@ from sqlstream.connectors.base import ConnectorContext
 from sqlstream.connectors.datagen.source import DatagenSource
 from sqlstream.engine.engine import Engine
 from sqlstream.engine.loop import JobOptions, run_engine
+from sqlstream.plan.intervals import epoch_us_sql
 from sqlstream.sql.parser import parse_one
 
 ROWS = 40_000
@@ -104,6 +105,31 @@ def test_interval_join_equals_batch_and_state_stays_bounded(catalog_dsn, tmp_dat
     # a few seconds' rows, flat from early on, not the whole input.
     assert max(state_sizes[len(state_sizes) // 4 :]) < 2 * 4 * 1000 + 2 * 4000
     assert max(state_sizes) < 0.1 * 2 * rows
+
+
+@pytest.mark.parametrize(
+    ("column_type", "shift", "folded"),
+    [
+        ("timestamp", "INTERVAL '2' SECOND - (-INTERVAL '1' SECOND)", True),
+        ("timestamp", "INTERVAL '1' DAY", True),  # a TIMESTAMP's day is always 24 h
+        ("timestamp", "INTERVAL '1' MONTH", False),  # months differ in length
+        ("timestamptz", "INTERVAL '2' SECOND", False),  # zone arithmetic stays DuckDB's
+    ],
+)
+def test_join_expiry_is_a_number_where_the_shift_has_a_fixed_length(column_type, shift, folded):
+    """Join sides expire by ``epoch_us(column) + N < watermark`` where the shift always adds
+    N microseconds, and by DuckDB's own timestamp arithmetic otherwise; both give the same
+    numbers."""
+    got = epoch_us_sql('s."ts"', "ts", column_type, shift)
+    assert ("INTERVAL" not in got) == folded
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'Europe/Berlin'")
+    values = con.sql(
+        f"SELECT {got} = epoch_us(s.ts + {shift}) FROM (SELECT unnest(["
+        "TIMESTAMP '2024-01-31 12:00:00', TIMESTAMP '2024-03-31 01:59:59.5', "
+        f"TIMESTAMP '1969-12-31 23:59:59.999999'])::{column_type} AS ts) s"
+    ).fetchall()
+    assert values == [(True,)] * 3
 
 
 def test_eowc_window_state_is_dropped(engine):

@@ -4,6 +4,8 @@ timestamps row by row.
 
 >>> epoch_us_sql('s."ts"', "ts", "timestamp", "INTERVAL '10' SECOND - -INTERVAL '10' SECOND")
 '(epoch_us(s."ts") + 20000000)'
+>>> epoch_us_sql('s."ts"', "ts", "timestamp", "INTERVAL '5' SECOND - INTERVAL '5' SECOND")
+'epoch_us(s."ts")'
 >>> epoch_us_sql('s."ts"', "ts", "timestamp", "INTERVAL '1' MONTH")
 'epoch_us(s."ts" + INTERVAL \\'1\\' MONTH)'
 """
@@ -70,4 +72,4 @@ def epoch_us_sql(column_sql: str, column: str, column_type: str, shift: str | No
     )  # fmt: skip
     if us is None:
         return f"epoch_us({column_sql} + {shift})"
-    return f"(epoch_us({column_sql}) + {us})"
+    return f"(epoch_us({column_sql}) + {us})" if us else f"epoch_us({column_sql})"
