@@ -56,6 +56,7 @@ from sqlstream.sql import statements as st
 from sqlstream.sql.binder import bind_query
 from sqlstream.sql.dialect import SqlStream
 from sqlstream.sql.parser import parse, parse_one
+from sqlstream.state.append_log import AppendLog
 from sqlstream.state.table import ROW_ID
 from sqlstream.types import Column, Schema, from_duckdb
 
@@ -563,6 +564,8 @@ class Engine:
         if p.materialize:
             p.materialize.drop()
         for t in p.state_tables:
+            if isinstance(t, AppendLog):
+                t.release()  # its held rows are registered with DuckDB, not in a table
             extra = (getattr(t, n, None) for n in ("dirty", "gone", "persisted"))
             for table in (t.table, *extra):
                 if table:

@@ -90,7 +90,7 @@ class AppendLog:
     def create(self) -> None:
         cols = ", ".join(f"{qi(n)} {t}" for n, t in [(ROW_ID, "BIGINT"), *self.columns])
         self.con.execute(f"CREATE OR REPLACE TABLE {self.table} ({cols})")
-        self._release()
+        self.release()
         self._gone = []
         self.next_row = self.checkpointed = self.live = self.pg_rows = 0
 
@@ -109,7 +109,8 @@ class AppendLog:
         finally:
             self.con.unregister("__append")
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Forget the held rows (the log is recreated, reloaded or dropped)."""
         if self._held is not None:
             self.con.unregister(self._held_name)
             self._held = None
@@ -123,7 +124,7 @@ class AppendLog:
             f"INSERT INTO {self.table} SELECT * FROM {qi(self._held_name)} AS s WHERE {keep}"
         ).fetchall()[0]
         dropped = self._held.num_rows - kept
-        self._release()
+        self.release()
         self.live -= dropped
         return dropped
 
