@@ -193,6 +193,22 @@ def test_a_deferred_log_inserts_only_the_held_rows_that_outlive_the_watermark(pg
         assert conn.execute(mirror).fetchall() == [(k, k) for k in range(25, 38)]
 
 
+def test_a_deferred_log_holds_batches_of_differing_arrow_types_in_its_own() -> None:
+    """Batches of one input may carry a column in different Arrow types (a TINYINT as int8
+    from an operator's Arrow, as int16 from a state table's SMALLINT): held, they take the
+    log's types, as an INSERT would have cast them."""
+    import pyarrow as pa
+
+    con = duckdb.connect()
+    log = AppendLog(con, "op_types_log", [("t", "SMALLINT")], defer=True)
+    log.create()
+    log.append(pa.table({"t": pa.array([1, 2], pa.int8())}))
+    log.append(pa.table({"t": pa.array([3, 300], pa.int16())}))
+    assert con.sql(f"SELECT sum(t) FROM {log.relation}").fetchall() == [(306,)]
+    assert log.delete_where("s.t < 3") == 2
+    assert con.sql(f"SELECT t FROM {log.table} ORDER BY t").fetchall() == [(3,), (300,)]
+
+
 def test_a_global_aggregate_row_survives_reloads(pg_dsn: str) -> None:
     """The one row of a keyless state: after each reload it is replaced, never duplicated."""
     con = duckdb.connect()

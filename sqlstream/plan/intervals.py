@@ -34,6 +34,9 @@ def fixed_offset_us(
     >>> fixed_offset_us(con, sqlglot.parse_one("ts + INTERVAL '1 month'"), "ts", "timestamp")
     >>> fixed_offset_us(con, sqlglot.parse_one("ts - INTERVAL '1 month'"), "ts", "timestamp")
     >>> fixed_offset_us(con, sqlglot.parse_one("ts - v * INTERVAL '1 s'"), "ts", "timestamp")
+    >>> fixed_offset_us(con, sqlglot.parse_one("ts - INTERVAL '4 years'"), "ts", "timestamp")
+    >>> fixed_offset_us(con, sqlglot.parse_one("ts + INTERVAL '2 days'"), "ts", "timestamp")
+    172800000000
     """
     if column_type.lower() != "timestamp":
         return None
@@ -43,9 +46,23 @@ def fixed_offset_us(
         return None
     if any(c.name != column for c in expr.find_all(exp.Column)):
         return None
+    for interval in expr.find_all(exp.Interval):
+        # Months vary in length, and months that cancel out still move a date by a day or
+        # two at a month's end (2024-01-31 + 1 month - 1 month is 2024-01-29): no interval
+        # with a month in it is fixed, whatever the probes below find (four years always
+        # hold one leap day there, but not across 2100).
+        try:
+            ((months,),) = con.sql(
+                f"SELECT datepart('year', i) * 12 + datepart('month', i) "
+                f"FROM (SELECT {interval.sql('duckdb')} AS i)"
+            ).fetchall()
+        except duckdb.Error:
+            return None
+        if months:
+            return None
     sql = expr.sql("duckdb")
     offsets = set()
-    # An interval whose length depends on the date (months) differs between these probes.
+    # A length that depends on the date otherwise differs between these probes.
     for probe in ("2000-03-15 00:00:00", "2001-02-15 00:00:00", "2031-06-15 12:00:00"):
         try:
             (offsets_row,) = con.sql(

@@ -75,6 +75,7 @@ class AppendLog:
         self.defer = defer
         self._held: pa.Table | None = None
         self._held_name = f"__held_{operator_id}"
+        self._schema = pa.schema([])  # the table's, once created
 
     @property
     def relation(self) -> str:
@@ -93,21 +94,28 @@ class AppendLog:
         self.release()
         self._gone = []
         self.next_row = self.checkpointed = self.live = self.pg_rows = 0
+        if self.defer:
+            # held batches take the table's own Arrow types: batches of one input may differ
+            # (a TINYINT column comes as int8 from a batch's Arrow, as int16 from a state
+            # table's SMALLINT), which an INSERT casts away and concatenating does not
+            self._schema = self.con.sql(f"SELECT * FROM {self.table}").to_arrow_table().schema
 
     def append(self, rows: pa.Table) -> None:
         ids = pa.array(np.arange(self.next_row, self.next_row + rows.num_rows, dtype=np.int64))
         batch = rows.select([n for n, _ in self.columns]).add_column(0, ROW_ID, ids)
-        self.next_row += rows.num_rows
-        self.live += rows.num_rows
         if self.defer:
+            if not batch.schema.equals(self._schema):
+                batch = batch.cast(self._schema)
             self._held = batch if self._held is None else pa.concat_tables([self._held, batch])
             self.con.register(self._held_name, self._held)
-            return
-        self.con.register("__append", batch)
-        try:
-            self.con.execute(f"INSERT INTO {self.table} SELECT * FROM __append")
-        finally:
-            self.con.unregister("__append")
+        else:
+            self.con.register("__append", batch)
+            try:
+                self.con.execute(f"INSERT INTO {self.table} SELECT * FROM __append")
+            finally:
+                self.con.unregister("__append")
+        self.next_row += rows.num_rows
+        self.live += rows.num_rows
 
     def release(self) -> None:
         """Forget the held rows (the log is recreated, reloaded or dropped)."""
