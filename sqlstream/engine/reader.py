@@ -7,8 +7,8 @@ they arrive are late: counted and dropped, never folded into closed windows.
 
 The usual watermark is the event-time column minus a fixed interval
 (``WATERMARK FOR ts AS ts - INTERVAL '5 seconds'``). For that form the reader knows the
-constant (:func:`sqlstream.plan.intervals.fixed_offset_us`) and takes the batch's bounds from one Arrow
-``min_max`` over the column instead of a DuckDB query over the batch.
+constant (:func:`sqlstream.plan.intervals.fixed_offset_us`) and takes the batch's bounds
+from one Arrow ``min_max`` over the column instead of a DuckDB query over the batch.
 
 For the engine's watermark alignment (:meth:`Engine.run_epoch`) a reader also keeps how many
 rows one microsecond of its watermark takes (``rows_per_us``, from its last batch) and since
@@ -56,7 +56,8 @@ class Reader:
     watermark_column: str | None = None
     watermark_sql: str | None = None
     on_error: str = "dead_letter"
-    #: see :func:`sqlstream.plan.intervals.fixed_offset_us`; None means: evaluate ``watermark_sql`` over the batch
+    #: the constant the watermark adds to its column (``plan.intervals.fixed_offset_us``);
+    #: None means: evaluate ``watermark_sql`` over the batch
     watermark_offset_us: int | None = None
     offsets: dict[str, Any] = field(default_factory=dict)
     watermark_us: int | None = None

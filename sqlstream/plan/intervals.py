@@ -46,33 +46,22 @@ def fixed_offset_us(
         return None
     if any(c.name != column for c in expr.find_all(exp.Column)):
         return None
-    for interval in expr.find_all(exp.Interval):
-        # Months vary in length, and months that cancel out still move a date by a day or
-        # two at a month's end (2024-01-31 + 1 month - 1 month is 2024-01-29): no interval
-        # with a month in it is fixed, whatever the probes below find (four years always
-        # hold one leap day there, but not across 2100).
-        try:
-            ((months,),) = con.sql(
-                f"SELECT datepart('year', i) * 12 + datepart('month', i) "
-                f"FROM (SELECT {interval.sql('duckdb')} AS i)"
-            ).fetchall()
-        except duckdb.Error:
-            return None
-        if months:
-            return None
-    sql = expr.sql("duckdb")
-    offsets = set()
-    # A length that depends on the date otherwise differs between these probes.
-    for probe in ("2000-03-15 00:00:00", "2001-02-15 00:00:00", "2031-06-15 12:00:00"):
-        try:
-            (offsets_row,) = con.sql(
-                f"SELECT epoch_us({sql}) - epoch_us({qi(column)}) "
-                f"FROM (SELECT TIMESTAMP '{probe}' AS {qi(column)})"
-            ).fetchall()
-        except duckdb.Error:
-            return None
-        offsets.add(offsets_row[0])
-    return int(offsets.pop()) if len(offsets) == 1 else None
+    # Months vary in length, and months that cancel out still move a date at a month's end
+    # (2024-01-31 + 1 month - 1 month is 2024-01-29): an interval with a month in it is
+    # never fixed. The rest (days, on a TIMESTAMP, included) adds the same anywhere, so one
+    # probe date gives the offset.
+    months = [
+        f"datepart('year', {i.sql('duckdb')}) * 12 + datepart('month', {i.sql('duckdb')})"
+        for i in expr.find_all(exp.Interval)
+    ]
+    try:
+        ((month_parts, offset),) = con.sql(
+            f"SELECT [{', '.join(months)}]::BIGINT[], epoch_us({expr.sql('duckdb')}) - "
+            f"epoch_us({qi(column)}) FROM (SELECT TIMESTAMP '2000-03-15' AS {qi(column)})"
+        ).fetchall()
+    except duckdb.Error:
+        return None
+    return None if any(month_parts) else int(offset)
 
 
 def epoch_us_sql(column_sql: str, column: str, column_type: str, shift: str | None) -> str:
@@ -84,7 +73,7 @@ def epoch_us_sql(column_sql: str, column: str, column_type: str, shift: str | No
     if shift is None:
         return f"epoch_us({column_sql})"
     us = fixed_offset_us(
-        duckdb.connect(), sqlglot.parse_one(f"{qi(column)} + {shift}", read="duckdb"),
+        duckdb.default_connection(), sqlglot.parse_one(f"{qi(column)} + {shift}", read="duckdb"),
         column, column_type,
     )  # fmt: skip
     if us is None:
